@@ -1,0 +1,145 @@
+"""The one checkpoint format, written atomically and read with weights_only=True.
+
+A checkpoint is a dict of tensors and plain Python values only:
+  format, model_name, num_classes, input_size, pruning_history, state_dict, plus
+  whatever the stage adds (epoch, optimizer, scheduler, regularizer, rng, metrics).
+A pruned model is never pickled: it is rebuilt by replaying `pruning_history`
+(torch-pruning's DependencyGraph.load_pruning_history) on a freshly built model.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError, UserError
+
+FORMAT = "prune-runner/1"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename: readers see the old or the new file, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"disk full while saving {path}; the previous file there is unchanged") from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"record {path} is unreadable ({err}); delete it or use resume=overwrite") from None
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_checkpoint(path: Path, payload: dict) -> str:
+    """Write `payload` atomically; returns its SHA-256 (kept in completion records)."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(Path(path), data)
+    return sha256(data)
+
+
+def load_checkpoint(path: Path, expected_sha: Optional[str] = None) -> dict:
+    """Load with weights_only=True (never unpickles code); checksum-verified when `expected_sha` is given."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint {path} is a folder; give the checkpoint.pt file in it") from None
+    if expected_sha is not None and sha256(data) != expected_sha:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (checksum mismatch)")
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors, zip errors, refused globals: all mean "not a safe checkpoint"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {reason[:200]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a prune-runner checkpoint (format {FORMAT} expected)")
+    return ckpt
+
+
+def model_payload(model: nn.Module, model_name: str, num_classes: int, input_size: int, history: list) -> dict:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {
+        "model_name": model_name,
+        "num_classes": num_classes,
+        "input_size": input_size,
+        "pruning_history": [list(h) for h in history],
+        "state_dict": state,
+    }
+
+
+def rebuild_model(ckpt: dict, path: Path | str = "checkpoint", expect_model: Optional[str] = None,
+                  expect_classes: Optional[int] = None) -> tuple[nn.Module, list]:
+    """Fresh model + replayed pruning history + weights. Returns (model, history)."""
+    from .models import build_model
+
+    name, classes = ckpt["model_name"], ckpt["num_classes"]
+    if expect_model is not None and name != expect_model:
+        raise CheckpointError(f"checkpoint {path} holds model '{name}', not '{expect_model}'")
+    if expect_classes is not None and classes != expect_classes:
+        raise CheckpointError(f"checkpoint {path} has {classes} classes, the dataset has {expect_classes}")
+    model = build_model(name, classes)
+    history = [tuple(h) for h in ckpt.get("pruning_history", [])]
+    if history:
+        import torch_pruning as tp
+
+        size = ckpt["input_size"]
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, 3, size, size))
+        graph.load_pruning_history(history)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not fit model '{name}': {first[:200]}") from None
+    return model, history

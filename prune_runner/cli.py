@@ -1,0 +1,160 @@
+"""`prune-run`: the Hydra front end. Hydra stops here; the core gets a RunConfig and a run dir.
+
+Before Hydra composes anything, the command-line overrides are checked against the
+registries and the typed schema, so a typo gives one line naming the valid choices
+instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import List
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from .config import RunConfig
+from .errors import UnknownChoiceError, UserError
+
+GROUPS = ("model", "dataset", "method", "schedule", "experiment")
+FAILED: List[str] = []  # multirun jobs that failed, listed at the end of the sweep
+
+
+def _run_dir(run_dir, out_root, dataset, model, method, overrides, seed) -> str:
+    if run_dir not in (None, "", "None", "null"):
+        return str(run_dir)
+    return f"{out_root}/{_sub_dir(dataset, model, method, overrides, seed)}"
+
+
+def _sub_dir(dataset, model, method, overrides, seed) -> str:
+    return f"{dataset}/{model}/{method}/{overrides or 'default'}/seed{seed}"
+
+
+OmegaConf.register_new_resolver("pr_run_dir", _run_dir, replace=True)
+OmegaConf.register_new_resolver("pr_sub_dir", _sub_dir, replace=True)
+ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def group_options(group: str) -> List[str]:
+    folder = resources.files("prune_runner.conf") / group
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _check_value(key: str, value: str) -> None:
+    """The key exists in RunConfig and the value converts to its type."""
+    schema = OmegaConf.structured(RunConfig)
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(schema, parent) if parent else schema
+    if not isinstance(node, DictConfig):
+        raise UserError(f"unknown option '{key}'; '{parent}' has no options")
+    if leaf not in node:
+        raise UserError(f"unknown option '{key}'; options of {parent or 'the run'}: {', '.join(node.keys())}")
+    try:
+        OmegaConf.merge(schema, OmegaConf.from_dotlist([f"{key}={value}"]))
+    except Exception as err:  # omegaconf's validation errors: a value of the wrong type
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"invalid value '{value}' for {key}: {first}") from None
+
+
+def preflight(argv: List[str]) -> List[str]:
+    """Validate `key=value` overrides; returns argv with torchvision model names rewritten."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out: List[str] = []
+    words = [a for a in argv if not a.startswith("-") and "=" in a]
+    try:
+        parsed = OverridesParser.create().parse_overrides(words)
+    except Exception as err:
+        raise UserError(f"cannot parse overrides: {str(err).strip().splitlines()[0]}") from None
+    by_word = dict(zip(words, parsed))
+    for arg in argv:
+        override = by_word.get(arg)
+        if override is None or override.is_delete() or override.key_or_group.startswith("hydra"):
+            out.append(arg)
+            continue
+        key = override.key_or_group
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
+            override.get_value_element_as_str()]
+        if key in GROUPS:
+            options = group_options(key)
+            for value in values:
+                if value in options or (key == "experiment" and value == "null"):
+                    continue
+                if key == "model" and len(values) == 1 and _is_torchvision(value):
+                    out += ["model=torchvision", f"model.name={value}"]
+                    break
+                raise UnknownChoiceError(key, value, options)
+            else:
+                out.append(arg)
+            continue
+        for value in values:
+            _check_value(key.lstrip("+"), value)
+        out.append(arg)
+    return out
+
+
+def _is_torchvision(name: str) -> bool:
+    from .models.torchvision_models import get_model_spec
+
+    try:
+        return get_model_spec(name).family == "torchvision"
+    except UserError:
+        return False
+
+
+@hydra.main(config_path="pkg://prune_runner.conf", config_name="config", version_base="1.3")
+def _app(dcfg: DictConfig) -> None:
+    from .pipeline import run_pipeline
+
+    hc = HydraConfig.get()
+    multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
+    cfg: RunConfig = OmegaConf.to_object(dcfg)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else Path(hc.runtime.output_dir)
+    try:
+        run_pipeline(cfg, run_dir, overrides=hc.job.override_dirname)
+    except UserError as err:
+        print(f"prune-run: error: {err}", file=sys.stderr, flush=True)
+        if not multirun:
+            sys.exit(2)
+        FAILED.append(f"{run_dir}: {err}")
+    except Exception as err:  # a crash in one sweep job must not stop the sweep
+        if not multirun:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        FAILED.append(f"{run_dir}: {type(err).__name__}: {err}")
+    finally:
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # free GPU memory before the next sweep job
+        except ImportError:
+            pass
+
+
+def main() -> None:
+    try:
+        sys.argv[1:] = preflight(sys.argv[1:])
+    except UserError as err:
+        print(f"prune-run: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    _app()
+    if FAILED:
+        print(f"prune-run: {len(FAILED)} sweep job(s) failed:", file=sys.stderr)
+        for line in FAILED:
+            print(f"  {line}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Typed run configuration. Hydra validates the YAML against these dataclasses
+(see cli.py); the core takes a `RunConfig` and never imports Hydra."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+STAGES = ("pretrain", "sparse_train", "prune", "finetune", "eval")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet56"  # registry key: prune_runner.models.list_models() or any torchvision name
+    pretrained: bool = False  # torchvision weights (downloads) instead of the pretrain stage's random init
+    input_size: Optional[int] = None  # square input side in pixels; None = the model's default (32 / 224)
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "digits"  # registry key: digits, cifar10, cifar100, imagenet, imagefolder
+    root: str = "data"  # download / folder location (relative paths are relative to the launch directory)
+    download: bool = True  # cifar only
+    in_memory: Optional[bool] = None  # None = auto (tensors on the device for digits/cifar)
+    augment: bool = True  # random crop (+ flip where the dataset allows)
+    workers: int = 4  # DataLoader workers, folder datasets only
+    train_limit: Optional[int] = None  # keep only the first N training samples (smoke runs)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "group_norm"  # registry key: prune_runner.methods.list_methods()
+    reg: float = 5e-4  # regularization coefficient (after warm-up); ignored by methods without a regularizer
+    reg_warmup: int = 0  # epochs over which the coefficient ramps linearly from 0 to `reg`
+    alpha: float = 4.0  # group_norm: per-group scaling spans [2^0, 2^alpha]
+    delta_reg: float = 1e-4  # growing_reg: increment of the per-channel coefficient per update
+    reg_update_every: int = 10  # growing_reg: optimizer steps between coefficient updates
+    global_pruning: bool = False  # rank channels across layers instead of within each layer
+    calib_batches: int = 4  # taylor / obdc: batches of forward+backward before every pruning step
+
+
+@dataclass
+class StageSchedule:
+    epochs: int = 1
+    lr: float = 0.1  # peak learning rate
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"  # cosine | step | constant
+    milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of the epochs
+    lr_gamma: float = 0.1  # step: lr multiplier at each milestone
+    warmup_epochs: int = 0  # linear lr warm-up
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "default"
+    pretrain: StageSchedule = field(default_factory=StageSchedule)
+    sparse_train: StageSchedule = field(default_factory=StageSchedule)
+    finetune: StageSchedule = field(default_factory=StageSchedule)
+
+
+@dataclass
+class PruneConfig:
+    speed_up: float = 2.0  # target base MACs / pruned MACs
+    iterative_steps: int = 100  # step budget: each step removes ~1/iterative_steps of every layer's channels
+    max_pruning_ratio: float = 0.9  # never remove more than this fraction of a layer's channels
+    round_to: Optional[int] = None  # keep channel counts multiples of this (e.g. 8 for tensor cores)
+
+
+@dataclass
+class FastConfig:
+    amp: Optional[bool] = None  # bf16 autocast; None = on for CUDA
+    channels_last: Optional[bool] = None  # None = on for CUDA
+    compile: bool = False  # torch.compile the training model (recompiled after pruning)
+
+
+@dataclass
+class EvalConfig:
+    latency: bool = True  # time base and pruned models
+    latency_batch: int = 64  # the saturating batch size (batch 1 is always timed)
+    latency_repeats: int = 20
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    fast: FastConfig = field(default_factory=FastConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    stages: List[str] = field(default_factory=lambda: list(STAGES))
+    out_root: str = "outputs"  # where derived run directories live
+    run_dir: Optional[str] = None  # explicit run directory (else derived from the choices)
+    resume: str = "auto"  # auto: skip finished stages, continue unfinished ones | overwrite: redo
+    resume_from: Optional[str] = None  # <run_dir>/<stage> of another run to start from
+    base_checkpoint: Optional[str] = None  # a checkpoint to use instead of pretraining
+    deterministic: bool = False  # bit-identical CPU reruns for one seed
+    cache: bool = True  # reuse finished stages of other runs with the same upstream config
+    logger: str = "jsonl"  # jsonl | tensorboard (both write metrics.jsonl)
+    export: List[str] = field(default_factory=list)  # onnx, torchscript
+    progress: bool = True  # rich progress bars

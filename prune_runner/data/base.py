@@ -1,0 +1,133 @@
+"""What every dataset offers the pipeline (`Data`), the options a builder gets, and shared helpers.
+
+Two implementations: `TensorData` (whole split as uint8 on the device, batched augmentation) and
+`LoaderData` (torch DataLoader with worker processes and per-sample transforms).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+from ..registry import Registry
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (x float32 NCHW normalized, y int64), both on the device
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """The arguments of `build_data`, handed unchanged to a dataset builder."""
+
+    name: str
+    root: str
+    input_size: int  # square side in pixels of every batch image
+    device: torch.device
+    download: bool
+    in_memory: bool | None  # None: the builder's default (tensors for small sets, DataLoader for folders)
+    augment: bool
+    workers: int  # DataLoader worker processes (DataLoader path only)
+    rank: int
+    world_size: int
+    train_limit: int | None  # keep only the first N training samples
+
+
+# A builder turns options into a ready `Data`; registered by name in the dataset modules.
+DATASETS: Registry[Callable[[DataOptions], Data]] = Registry("dataset")
+
+
+class Data(ABC):
+    """A train and a test split at one input size, yielding device batches.
+
+    `batch_size` in `train_batches` is per rank: with world_size ranks one optimizer step sees
+    world_size * batch_size samples.
+    """
+
+    def __init__(self, name: str, num_classes: int, opts: DataOptions, num_train: int, num_test: int):
+        self.name = name
+        self.num_classes = num_classes
+        self.input_size = opts.input_size
+        self.device = opts.device
+        self.augment = opts.augment
+        self.rank, self.world_size = opts.rank, opts.world_size
+        self.num_train, self.num_test = num_train, num_test  # sizes of the whole splits (all ranks)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Full batches each rank gets per epoch (the last partial batch is dropped)."""
+        per_rank = self.num_train // self.world_size
+        steps = per_rank // batch_size
+        if steps == 0:
+            raise UserError(
+                f"batch size {batch_size} is larger than the {per_rank} training samples per rank of "
+                f"'{self.name}'; lower the batch size or raise the training-sample limit"
+            )
+        return steps
+
+    @abstractmethod
+    def train_batches(self, batch_size: int, epoch: int, seed: int) -> Iterator[Batch]:
+        """One epoch of shuffled (and, if enabled, augmented) batches of this rank's shard."""
+
+    @abstractmethod
+    def eval_batches(self, batch_size: int) -> Iterator[Batch]:
+        """The whole test split in order, no augmentation, last partial batch kept (on every rank)."""
+
+    @abstractmethod
+    def calib_batches(self, batch_size: int, n: int, seed: int) -> Iterator[Batch]:
+        """`n` fixed training batches without augmentation, the same on every rank."""
+
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        return torch.zeros(batch, 3, self.input_size, self.input_size, device=self.device)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "
+            f"input_size={self.input_size}, train={self.num_train}, test={self.num_test})"
+        )
+
+
+EPOCH_STRIDE = 1_000_003  # a prime above any epoch count
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """CPU generator for one (seed, epoch): the same pair always gives the same stream.
+
+    The CPU generator (mt19937) keeps only the low 32 bits of its seed, so the pair is packed into
+    32 bits as seed * EPOCH_STRIDE + epoch: distinct for seeds below 4294 and epochs below
+    EPOCH_STRIDE. CPU so that the stream is identical whichever device the batches go to.
+    """
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed((seed * EPOCH_STRIDE + epoch) % 2**32)
+    return generator
+
+
+def rank_shard(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's positions of a global order: strided (like DistributedSampler), equal lengths."""
+    per_rank = order.numel() // world_size
+    return order[rank : per_rank * world_size : world_size]
+
+
+def calibration_indices(num_train: int, batch_size: int, n: int, seed: int) -> torch.Tensor:
+    """n * batch_size training indices from a seeded shuffle (repeated shuffles if the set is smaller)."""
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed)
+    wanted = n * batch_size
+    chunks, have = [], 0
+    while have < wanted:
+        chunks.append(torch.randperm(num_train, generator=generator))
+        have += num_train
+    return torch.cat(chunks)[:wanted]
+
+
+def check_options(opts: DataOptions) -> None:
+    """Bad values from the config, reported as one-line UserErrors."""
+    if opts.input_size < 1:
+        raise UserError(f"input size {opts.input_size} must be a positive number of pixels")
+    if opts.world_size < 1 or not 0 <= opts.rank < opts.world_size:
+        raise UserError(f"rank {opts.rank} is outside world size {opts.world_size}")
+    if opts.train_limit is not None and opts.train_limit < 1:
+        raise UserError(f"train_limit {opts.train_limit} must be a positive sample count or null")
+    if opts.workers < 0:
+        raise UserError(f"workers {opts.workers} must be 0 or more")

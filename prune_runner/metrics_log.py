@@ -1,0 +1,45 @@
+"""Per-epoch metrics: JSONL in the run dir (always), TensorBoard when asked; rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, enabled: bool = True, logger: str = "jsonl"):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._tb = None
+        if logger not in ("jsonl", "tensorboard"):
+            raise UserError(f"unknown logger '{logger}'; choose one of: jsonl, tensorboard")
+        if enabled and logger == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("logger=tensorboard needs the optional dependency: "
+                                "pip install 'prune-runner[tensorboard]'") from None
+            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self._global = {}
+
+    def log(self, stage: str, epoch: int, **metrics) -> None:
+        if not self.enabled:
+            return
+        row = {"time": round(time.time(), 3), "stage": stage, "epoch": epoch, **metrics}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:  # one line per write; a torn last line is skipped by readers
+            f.write(json.dumps(row, default=float) + "\n")
+        if self._tb is not None:
+            step = self._global.get(stage, 0)
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{stage}/{key}", value, step)
+            self._global[stage] = step + 1
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,334 @@
+"""Collect finished runs (their results.json), combine seeds, and write report.md + tradeoff.png.
+
+A run directory is finished when it holds `results.json` (written last by the pipeline). A directory
+with `.hydra/` or stage folders but no results.json is an incomplete run: listed, never aggregated.
+Accuracies in results.json are fractions; the report shows percent and percentage points (pp).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import STAGES
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+# Sub-folders that mark a run directory even before results.json exists (Hydra's own, and the stages).
+RUN_MARKERS = (".hydra", *STAGES)
+REFERENCE_FILE = Path(__file__).with_name("reference_results.yaml")
+GROUP_KEYS = ("dataset", "model", "method", "overrides")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean over seeds; `std` is the sample std (n - 1) and None for a single seed."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Stat | None:
+        values = [float(v) for v in values]
+        if not values:
+            return None
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return cls(statistics.fmean(values), std, len(values))
+
+    def format(self, digits: int = 2, unit: str = "", signed: bool = False) -> str:
+        sign = "+" if signed else ""
+        text = f"{self.mean:{sign}.{digits}f}{unit}"
+        return text if self.std is None else f"{text} ± {self.std:.{digits}f}"
+
+
+# --- scanning ----------------------------------------------------------------------------------------
+
+
+def _load_results(path: Path) -> dict | None:
+    """results.json as a dict, or None (with a warning) when it is unreadable or lacks required keys."""
+    try:
+        run = json.loads(path.read_text())
+        for key in ("dataset", "model", "method"):
+            str(run["choices"][key])
+        for stage in ("base", "final"):
+            float(run[stage]["acc"])
+        float(run["speed_up"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("skipping unreadable %s: %s", path, err)
+        return None
+    run["run_dir"] = str(path.parent)  # where it is now, which may differ from where it was written
+    return run
+
+
+def scan_runs(root: str | os.PathLike) -> tuple[list[dict], list[Path]]:
+    """Walk `root`; return (finished runs as dicts, incomplete or unreadable run dirs), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"results directory not found: {root}")
+    runs: list[dict] = []
+    finished_dirs: list[Path] = []
+    candidates: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        markers = set(dirnames) & set(RUN_MARKERS)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if RESULTS_FILE in filenames:
+            run = _load_results(here / RESULTS_FILE)
+            if run is None:
+                candidates.append(here)
+            else:
+                runs.append(run)
+                finished_dirs.append(here)
+            dirnames[:] = []  # a finished run's sub-folders are its own stages
+        elif markers:
+            candidates.append(here)
+    # A folder holding finished runs below it is a container (e.g. a shared cache next to runs), not a run.
+    incomplete = [d for d in candidates if not any(d in f.parents for f in finished_dirs)]
+    return runs, sorted(incomplete)
+
+
+def load_reference(path: str | os.PathLike | None = None) -> list[dict]:
+    """Published reference points (see reference_results.yaml for units and sources)."""
+    import yaml
+
+    with open(path or REFERENCE_FILE) as f:
+        return list(yaml.safe_load(f) or [])
+
+
+# --- aggregation -------------------------------------------------------------------------------------
+
+
+def _latency_at_largest_batch(run: dict) -> tuple[int, float, str] | None:
+    """(batch size, latency speed-up, device) at the run's largest measured batch, or None."""
+    latency = run.get("latency")
+    if not latency or not latency.get("speed_up"):
+        return None
+    speed_ups = {int(bs): float(v) for bs, v in latency["speed_up"].items() if v is not None}
+    if not speed_ups:
+        return None
+    batch = max(speed_ups)
+    return batch, speed_ups[batch], str(latency.get("device", "?"))
+
+
+def _group_key(run: dict) -> tuple[str, str, str, str]:
+    choices = run["choices"]
+    overrides = run.get("overrides") or ""
+    return str(choices["dataset"]), str(choices["model"]), str(choices["method"]), overrides
+
+
+def _aggregate_group(key: tuple[str, str, str, str], runs: list[dict]) -> dict:
+    pct = 100.0  # fractions -> percent (and accuracy deltas -> percentage points)
+    latencies = [lat for lat in map(_latency_at_largest_batch, runs) if lat is not None]
+    batch = max((lat[0] for lat in latencies), default=None)
+    at_batch = [lat for lat in latencies if lat[0] == batch]
+    params = [r["params_ratio"] for r in runs if r.get("params_ratio") is not None]
+    targets = {r.get("target_speed_up") for r in runs}
+    pruned_accs = [(r.get("pruned") or {}).get("acc") for r in runs]
+    pruned_accs = [acc for acc in pruned_accs if acc is not None]
+    return {
+        **dict(zip(GROUP_KEYS, key)),
+        "seeds": sorted((r.get("seed") for r in runs), key=lambda s: (s is None, s or 0)),
+        "n": len(runs),
+        "base_acc": Stat.of(r["base"]["acc"] * pct for r in runs),
+        "pruned_acc": Stat.of(acc * pct for acc in pruned_accs),
+        "final_acc": Stat.of(r["final"]["acc"] * pct for r in runs),
+        "acc_delta": Stat.of(r.get("acc_delta", r["final"]["acc"] - r["base"]["acc"]) * pct for r in runs),
+        "speed_up": Stat.of(r["speed_up"] for r in runs),
+        "target_speed_up": targets.pop() if len(targets) == 1 else None,
+        "latency_speed_up": Stat.of(lat[1] for lat in at_batch),
+        "latency_batch": batch,
+        "latency_device": ",".join(sorted({lat[2] for lat in at_batch})) or None,
+        "params_ratio": Stat.of(params),
+        "run_dirs": [r["run_dir"] for r in runs],
+    }
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One row per (dataset, model, method, overrides): seeds combined; sorted by those, then speed-up."""
+    groups: dict[tuple[str, str, str, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault(_group_key(run), []).append(run)
+    rows = [_aggregate_group(key, group) for key, group in groups.items()]
+    return sorted(rows, key=lambda r: (*[r[k] for k in GROUP_KEYS[:3]], r["speed_up"].mean, r["overrides"]))
+
+
+# --- formatting --------------------------------------------------------------------------------------
+
+
+def _fmt(stat: Stat | None, **kwargs) -> str:
+    return "-" if stat is None else stat.format(**kwargs)
+
+
+def _fmt_seeds(row: dict) -> str:
+    return f"{row['n']} ({', '.join(str(s) for s in row['seeds'])})"
+
+
+def _fmt_latency(row: dict) -> str:
+    if row["latency_speed_up"] is None:
+        return "-"
+    return f"{row['latency_speed_up'].format(unit='x')} (bs {row['latency_batch']}, {row['latency_device']})"
+
+
+# (header, cell formatter); the same columns in report.md and the console table.
+COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+    ("dataset", lambda r: r["dataset"]),
+    ("model", lambda r: r["model"]),
+    ("method", lambda r: r["method"]),
+    ("overrides", lambda r: r["overrides"] or "-"),
+    ("seeds (n)", _fmt_seeds),
+    ("base acc %", lambda r: _fmt(r["base_acc"])),
+    ("final acc %", lambda r: _fmt(r["final_acc"])),
+    ("Δ acc (pp)", lambda r: _fmt(r["acc_delta"], signed=True)),
+    ("MACs speed-up", lambda r: _fmt(r["speed_up"], unit="x")),
+    ("latency speed-up", _fmt_latency),
+    ("params ratio", lambda r: _fmt(r["params_ratio"], digits=3)),
+]
+
+
+def format_row(row: dict) -> list[str]:
+    return [cell(row) for _, cell in COLUMNS]
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table(headers: list[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+def _reference_section(rows: list[dict], reference: list[dict]) -> list[str]:
+    pairs = {(r["dataset"], r["model"]) for r in rows}
+    matching = [ref for ref in reference if (ref["dataset"], ref["model"]) in pairs]
+    if not matching:
+        return []
+    headers = ["dataset", "model", "reference", "base acc %", "pruned acc %", "Δ acc (pp)", "MACs speed-up"]
+    cells = [
+        [
+            ref["dataset"],
+            ref["model"],
+            ref["label"],
+            f"{ref['base_acc']:.2f}",
+            f"{ref['pruned_acc']:.2f}",
+            f"{ref['pruned_acc'] - ref['base_acc']:+.2f}",
+            f"{ref['speed_up']:.2f}x",
+        ]
+        for ref in matching
+    ]
+    papers = ", ".join(sorted({ref["paper"] for ref in matching}))
+    return [
+        "## Published reference points",
+        "",
+        f"From {papers}; sources in reference_results.yaml.",
+        "",
+        markdown_table(headers, cells),
+        "",
+    ]
+
+
+def render_markdown(
+    root: Path, rows: list[dict], incomplete: list[Path], reference: list[dict], plot_name: str | None
+) -> str:
+    n_runs = sum(r["n"] for r in rows)
+    lines = [
+        "# Pruning results",
+        "",
+        f"`{root}`: {n_runs} finished run(s) in {len(rows)} group(s).",
+        "",
+        markdown_table([h for h, _ in COLUMNS], [format_row(r) for r in rows]),
+        "",
+        (
+            "Accuracy: top-1 on the test split, mean ± sample std over seeds (std only with several seeds). "
+            "Δ acc = final − base in percentage points. MACs speed-up = base MACs / final MACs. "
+            "Latency speed-up: base / final latency at the largest measured batch size. "
+            "Params ratio = final params / base params."
+        ),
+        "",
+    ]
+    if plot_name:
+        lines += [f"![accuracy vs MACs speed-up]({plot_name})", ""]
+    lines += _reference_section(rows, reference)
+    if incomplete:
+        lines += [
+            f"## Skipped {len(incomplete)} incomplete run(s)",
+            "",
+            "No readable results.json (still running, failed, or interrupted):",
+            "",
+        ]
+        lines += [f"- `{_relative(d, root)}`" for d in incomplete] + [""]
+    return "\n".join(lines)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root)) or "."
+    except ValueError:
+        return str(path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file next to `path`, then rename over it (no half-written report)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_report(root: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Scan `root`, write `report.md` and `tradeoff.png` to `out_dir` (default: `root`).
+
+    Returns {"report": path, "plot": path}. Raises UserError when `root` is missing or has no finished run.
+    """
+    from .plots import plot_tradeoff
+
+    root = Path(root)
+    runs, incomplete = scan_runs(root)
+    if not runs:
+        raise NoFinishedRunsError(root, len(incomplete))
+    out = Path(out_dir) if out_dir is not None else root
+    rows = aggregate(runs)
+    reference = load_reference()
+    plot_path = plot_tradeoff(rows, out / "tradeoff.png", reference=reference)
+    report_path = out / "report.md"
+    write_text_atomic(report_path, render_markdown(root, rows, incomplete, reference, plot_path.name))
+    return {"report": report_path, "plot": plot_path}
+
+
+class NoFinishedRunsError(UserError):
+    def __init__(self, root: Path, n_incomplete: int):
+        self.root, self.n_incomplete = root, n_incomplete
+        super().__init__(
+            f"no finished runs (no {RESULTS_FILE}) under {root}; {n_incomplete} incomplete run(s)"
+        )
+
+
+def print_table(rows: list[dict], console=None) -> None:
+    """The report table on the terminal (rich); 200 columns wide when the output is not a terminal."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
+    table = Table(title="Pruning results (acc %: mean ± std over seeds)")
+    for header, _ in COLUMNS:
+        table.add_column(header, justify="left" if header in GROUP_KEYS else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*format_row(row))
+    console.print(table)

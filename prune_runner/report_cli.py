@@ -1,0 +1,45 @@
+"""`prune-report DIR [--out DIR]`: summarize finished runs under DIR into report.md and tradeoff.png.
+
+Exit status: 0 report written; 1 no finished run under DIR; 2 bad input (e.g. DIR missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UserError
+from .report import NoFinishedRunsError, aggregate, print_table, scan_runs, write_report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prune-report",
+        description="Aggregate finished runs (their results.json) into report.md and tradeoff.png.",
+    )
+    parser.add_argument("dir", metavar="DIR", help="folder holding run directories (searched recursively)")
+    parser.add_argument("--out", metavar="DIR", default=None, help="where to write the report (default: DIR)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        paths = write_report(args.dir, args.out)
+    except NoFinishedRunsError as err:
+        print(f"prune-report: {err}", file=sys.stderr)
+        return 1
+    except UserError as err:
+        print(f"prune-report: error: {err}", file=sys.stderr)
+        return 2
+    runs, incomplete = scan_runs(args.dir)
+    print_table(aggregate(runs))
+    if incomplete:
+        print(f"skipped {len(incomplete)} incomplete run(s); listed in the report")
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

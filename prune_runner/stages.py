@@ -1,0 +1,247 @@
+"""The five stages. Each is a small function over the run state that returns
+(metrics, checkpoint payload or None = the upstream checkpoint is the output)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import torch
+
+from .checkpoint import atomic_write_json
+from .config import STAGES, StageSchedule
+from .distributed import barrier, wrap_ddp
+from .flops import MacCounter
+from .models import build_model
+from .progress import stage_progress
+from .pruning import ObdcCalibration, _grad_calibration, build_pruner, progressive_prune
+from .records import StageDir
+from .state import RunState
+from .train import evaluate, make_optimizer, make_scheduler, train_epoch
+
+EVAL_BATCH = 256  # images per evaluation batch
+
+
+@dataclass
+class StageRun:
+    name: str
+    dir: StageDir
+    flat: dict  # the config this stage depends on, upstream included
+    hash: str
+    resume: Optional[dict]  # the epoch checkpoint to continue from, if any
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def measure(state: RunState, model) -> dict:
+    """Top-1 accuracy, MACs and parameters of `model` (the MACs from its current shapes)."""
+    metrics = evaluate(model, state.data.eval_batches(EVAL_BATCH), state.device, state.precision)
+    macs, params = MacCounter(model, state.data.example_input(1)).count(model)
+    return {"acc": metrics["acc"], "eval_loss": metrics["loss"], "macs": int(macs), "params": int(params)}
+
+
+def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
+        coef: Callable[[int], float] = lambda epoch: 0.0, on_step: Optional[Callable[[], None]] = None) -> dict:
+    """Train `state.model` for `sched.epochs`, saving an epoch checkpoint after each epoch."""
+    model, cfg, data = state.model, state.cfg, state.data
+    opt = make_optimizer(model, sched)
+    steps = data.steps_per_epoch(sched.batch_size)
+    scheduler = make_scheduler(opt, sched, steps)
+    start = 0
+    if run.resume is not None:
+        model.load_state_dict(run.resume["state_dict"])
+        opt.load_state_dict(run.resume["optimizer"])
+        scheduler.load_state_dict(run.resume["scheduler"])
+        if regularizer is not None and run.resume.get("regularizer") is not None:
+            regularizer.load_state_dict(run.resume["regularizer"])
+        _set_rng_state(run.resume["rng"])
+        start = run.resume["epoch"] + 1
+        state.say(f"{run.name}: resuming at epoch {start + 1}/{sched.epochs}")
+    train_model = wrap_ddp(model, state.dist, state.device)
+    if cfg.fast.compile:
+        torch._dynamo.reset()  # the model may have changed shape since the last compile (pruning)
+        train_model = torch.compile(train_model)
+    data_seed = cfg.seed * 7919 + STAGES.index(run.name)  # distinct shuffles per stage, fixed per seed
+    last: dict = {}
+    with stage_progress(state.console, cfg.progress and state.dist.is_main, run.name, sched.epochs, start) as bar:
+        for epoch in range(start, sched.epochs):
+            reg_fn = None
+            if regularizer is not None:
+                regularizer.refresh()
+                strength = coef(epoch)
+
+                def reg_fn(strength=strength):
+                    regularizer.apply(strength)
+
+            batches = bar.steps(data.train_batches(sched.batch_size, epoch, data_seed), steps)
+            last = train_epoch(train_model, batches, opt, scheduler, state.device, state.precision,
+                               regularize=reg_fn, on_step=on_step)
+            val = evaluate(model, data.eval_batches(EVAL_BATCH), state.device, state.precision)
+            last.update(val_acc=val["acc"], val_loss=val["loss"])
+            if regularizer is not None:
+                last.update(reg_coef=coef(epoch), **{f"reg_{k}": v for k, v in regularizer.stats().items()})
+            state.log.log(run.name, epoch, **last)
+            if state.dist.is_main:
+                payload = {**state.payload(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
+                           "regularizer": regularizer.state_dict() if regularizer is not None else None,
+                           "rng": _rng_state()}
+                run.dir.save_epoch(epoch, payload, run.hash)
+            barrier(state.dist)
+            bar.epoch_done(f"{run.name} epoch {epoch + 1}/{sched.epochs}: loss {last['loss']:.4f} "
+                           f"val acc {val['acc']:.4f} lr {last['lr']:.4g}")
+    return last
+
+
+def pretrain(state: RunState, run: StageRun):
+    cfg = state.cfg
+    if cfg.base_checkpoint:
+        state.model, state.history = state.load(Path(cfg.base_checkpoint))
+        state.say(f"pretrain: loaded {cfg.base_checkpoint}")
+    else:
+        torch.manual_seed(cfg.seed)  # the same initial weights for every run of this seed
+        state.model = state.to_device(build_model(cfg.model.name, state.num_classes, cfg.model.pretrained))
+        state.history = []
+        fit(state, run, cfg.schedule.pretrain)
+    return measure(state, state.model), state.payload()
+
+
+def _pruner(state: RunState):
+    cfg = state.cfg
+    return build_pruner(state.model, state.data.example_input(1), state.spec, state.num_classes,
+                        steps=cfg.prune.iterative_steps, max_pruning_ratio=cfg.prune.max_pruning_ratio,
+                        global_pruning=cfg.method.global_pruning, round_to=cfg.prune.round_to)
+
+
+def sparse_train(state: RunState, run: StageRun):
+    from .regularizers import build_regularizer
+
+    cfg, m = state.cfg, state.cfg.method
+    state.ensure_model(run.name)
+    pruner = _pruner(state)  # only for its dependency graph: the regularizer's groups
+    regularizer = build_regularizer(state.spec.regularizer, state.model, pruner, **regularizer_options(m))
+
+    def coef(epoch: int) -> float:
+        warm = 1.0 if m.reg_warmup <= 0 else min(1.0, (epoch + 1) / m.reg_warmup)
+        return m.reg * warm
+
+    fit(state, run, cfg.schedule.sparse_train, regularizer, coef, on_step=getattr(regularizer, "on_step", None))
+    metrics = measure(state, state.model)
+    metrics.update({f"reg_{k}": v for k, v in regularizer.stats().items()})
+    return metrics, state.payload()
+
+
+def regularizer_options(m) -> dict:
+    return {"alpha": m.alpha, "reg": m.reg, "delta_reg": m.delta_reg, "update_every": m.reg_update_every}
+
+
+def prune(state: RunState, run: StageRun):
+    cfg = state.cfg
+    model = state.ensure_model(run.name)
+    example = state.data.example_input(1)
+    pruner = _pruner(state)
+    if state.dist.is_main:
+        _plot_importance(state, pruner)
+    calibrate = None
+    calib = list(state.data.calib_batches(64, cfg.method.calib_batches, cfg.seed))
+    if state.spec.calibration == "grad":
+        def calibrate():
+            model.eval()
+            _grad_calibration(model, calib)
+    elif state.spec.calibration == "obdc":
+        obdc = ObdcCalibration(pruner, cfg.seed)
+
+        def calibrate():
+            model.eval()
+            obdc(model, calib)
+
+    if state.spec.name == "random":
+        torch.manual_seed(cfg.seed)
+        import random
+        random.seed(cfg.seed)
+    result = progressive_prune(model, pruner, MacCounter(model, example), cfg.prune.speed_up, calibrate=calibrate,
+                               describe=f"model {cfg.model.name} with method {cfg.method.name}")
+    state.history = state.history + [tuple(h) for h in pruner.pruning_history()]
+    state.model = state.to_device(model)  # pruned layers are new Parameters: keep device and memory format
+    metrics = measure(state, state.model)
+    state.say(f"prune: {result['steps']} steps, MACs {result['base_macs'] / 1e6:.2f}M -> {metrics['macs'] / 1e6:.2f}M "
+              f"({result['speed_up']:.2f}x), acc before fine-tuning {metrics['acc']:.4f}")
+    metrics.update(steps=result["steps"], speed_up=result["speed_up"])
+    return metrics, state.payload()
+
+
+def _plot_importance(state: RunState, pruner) -> None:
+    """sparsity.png: the distribution of per-channel group L2 norms before pruning."""
+    import torch_pruning as tp
+
+    scorer = tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)
+    values = []
+    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                          root_module_types=pruner.root_module_types):
+        imp = scorer(group)
+        if imp is not None:
+            values.append(imp.sqrt().detach().float().cpu())
+    if not values:
+        return
+    try:
+        from .plots import plot_importance
+
+        plot_importance(torch.cat(values), state.run_dir / "sparsity.png",
+                        title=f"{state.cfg.method.name}: group L2 norms before pruning")
+    except Exception as err:  # a plot must never fail a run
+        state.say(f"[yellow]sparsity.png not written: {err}[/yellow]")
+
+
+def finetune(state: RunState, run: StageRun):
+    state.ensure_model(run.name)
+    fit(state, run, state.cfg.schedule.finetune)
+    return measure(state, state.model), state.payload()
+
+
+def evaluate_stage(state: RunState, run: StageRun):
+    from .latency import measure_latency
+    from .results import build_results, print_results
+
+    cfg = state.cfg
+    model = state.ensure_model(run.name)
+    final = measure(state, model)
+    latency = None
+    if cfg.eval.latency:
+        base_model, _ = state.load(Path(state.records["pretrain"]["checkpoint"]),
+                                   state.records["pretrain"]["sha256"])
+        shape = (3, state.input_size, state.input_size)
+        sizes = (1, cfg.eval.latency_batch)
+        latency = {"device": state.device.type, "batch_sizes": list(sizes),
+                   "base": measure_latency(base_model, shape, state.device, sizes, repeats=cfg.eval.latency_repeats),
+                   "final": measure_latency(model, shape, state.device, sizes, repeats=cfg.eval.latency_repeats)}
+        del base_model
+    results = build_results(state, final, latency)
+    if cfg.export:
+        from .export import export_model
+
+        paths = export_model(model.eval(), state.data.example_input(1), list(cfg.export), state.run_dir / "export")
+        results["export"] = {k: str(v) for k, v in paths.items()}
+    atomic_write_json(state.run_dir / "results.json", results)
+    print_results(state.console, results)
+    return {**final, "speed_up": results["speed_up"]}, None
+
+
+STAGE_FNS: Dict[str, Callable] = {
+    "pretrain": pretrain,
+    "sparse_train": sparse_train,
+    "prune": prune,
+    "finetune": finetune,
+    "eval": evaluate_stage,
+}
+MAIN_ONLY = {"prune", "eval"}  # computed on rank 0; other ranks load the result

@@ -1,0 +1,75 @@
+"""The run state the stages work on: config, device, data, the current model and records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+from rich.console import Console
+
+from .checkpoint import load_checkpoint, model_payload, rebuild_model
+from .config import RunConfig
+from .distributed import DistInfo
+from .errors import UserError
+from .methods import MethodSpec
+from .metrics_log import MetricsLog
+from .train import Precision
+
+
+@dataclass
+class RunState:
+    cfg: RunConfig
+    run_dir: Path
+    device: torch.device
+    dist: DistInfo
+    data: object  # prune_runner.data.Data
+    spec: MethodSpec
+    log: MetricsLog
+    console: Console
+    precision: Precision
+    input_size: int
+    model: Optional[nn.Module] = None
+    history: list = field(default_factory=list)  # torch-pruning pruning history of `model`
+    pending: Optional[tuple] = None  # (checkpoint path, sha256) to load when a stage needs the model
+    records: Dict[str, dict] = field(default_factory=dict)  # finished stage -> completion record
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def say(self, text: str) -> None:
+        if self.dist.is_main:
+            self.console.print(text)
+
+    def use_record(self, stage: str, record: dict) -> None:
+        """A finished stage: its checkpoint becomes the model, loaded when next needed."""
+        self.records[stage] = record
+        self.pending = (Path(record["checkpoint"]), record["sha256"])
+        self.model = None
+
+    def load(self, path: Path, sha: Optional[str] = None) -> nn.Module:
+        ckpt = load_checkpoint(path, expected_sha=sha)
+        model, history = rebuild_model(ckpt, path, expect_model=self.cfg.model.name,
+                                       expect_classes=self.num_classes)
+        return self.to_device(model), history
+
+    def to_device(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.precision.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def ensure_model(self, stage: str) -> nn.Module:
+        if self.model is None:
+            if self.pending is None:
+                raise UserError(f"stage '{stage}' needs a model from an earlier stage: add that stage to "
+                                "stages=[...], or give base_checkpoint= or resume_from=")
+            self.model, self.history = self.load(*self.pending)
+            self.pending = None
+        return self.model
+
+    def payload(self) -> dict:
+        return model_payload(self.model, self.cfg.model.name, self.num_classes, self.input_size, self.history)

@@ -1,0 +1,108 @@
+"""Training and evaluation loops: small functions over a model, data and a schedule."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import StageSchedule
+from .errors import UserError
+
+
+class DivergedError(UserError):
+    """The loss became NaN/inf; the stage stops and its last good checkpoint is kept."""
+
+
+@dataclass
+class Precision:
+    amp: bool  # bf16 autocast
+    channels_last: bool
+
+    def autocast(self, device: torch.device):
+        if not self.amp:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def make_optimizer(model: nn.Module, sched: StageSchedule) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=sched.lr, momentum=sched.momentum,
+                           weight_decay=sched.weight_decay)
+
+
+def lr_factor(sched: StageSchedule, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based), per-step resolution."""
+    total = max(1, sched.epochs * steps_per_epoch)
+    warm = sched.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    if sched.lr_schedule == "cosine":
+        progress = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if sched.lr_schedule == "step":
+        epoch = step / steps_per_epoch
+        passed = sum(epoch >= m * sched.epochs for m in sched.milestones)
+        return sched.lr_gamma ** passed
+    return 1.0  # constant
+
+
+def make_scheduler(opt: torch.optim.Optimizer, sched: StageSchedule, steps_per_epoch: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(sched, s, steps_per_epoch))
+
+
+def train_epoch(model: nn.Module, batches, opt, scheduler, device: torch.device, precision: Precision, *,
+                regularize: Optional[Callable[[], None]] = None,
+                on_step: Optional[Callable[[], None]] = None) -> dict:
+    """One epoch: forward, loss.backward(), then the regularizer adds its gradients, then opt.step().
+
+    Loss and accuracy are accumulated on the device; the only host sync is at the end.
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for x, y in batches:
+        if precision.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with precision.autocast(device):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if regularize is not None:
+            regularize()
+        opt.step()
+        scheduler.step()
+        loss_sum += loss.detach() * y.numel()
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += y.numel()
+        if on_step is not None:
+            on_step()
+    loss_value = loss_sum.item() / max(1, seen)
+    if not math.isfinite(loss_value):
+        raise DivergedError(f"training loss became {loss_value}; stopped (lower the lr or the reg coefficient)")
+    return {"loss": loss_value, "train_acc": correct.item() / max(1, seen), "lr": opt.param_groups[0]["lr"]}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, device: torch.device, precision: Precision) -> dict:
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for x, y in batches:
+        if precision.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with precision.autocast(device):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        seen += y.numel()
+    model.train(was_training)
+    return {"acc": correct.item() / max(1, seen), "loss": loss_sum.item() / max(1, seen)}

@@ -1,0 +1,67 @@
+"""Checks of a RunConfig that Hydra's types cannot express; each failure is one line."""
+
+from __future__ import annotations
+
+import math
+
+from .config import STAGES, RunConfig
+from .errors import UnknownChoiceError, UserError
+
+LR_SCHEDULES = ("constant", "cosine", "step")
+RESUME_MODES = ("auto", "overwrite")
+LOGGERS = ("jsonl", "tensorboard")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _non_negative(name: str, value: float) -> None:
+    _check(value is not None and math.isfinite(value) and value >= 0, f"{name}={value} is invalid; it must be >= 0")
+
+
+def validate(cfg: RunConfig) -> None:
+    from .data import list_datasets
+    from .methods import METHODS
+    from .models.torchvision_models import get_model_spec
+
+    get_model_spec(cfg.model.name)  # raises UnknownChoiceError naming the choices
+    if cfg.dataset.name not in list_datasets():
+        raise UnknownChoiceError("dataset", cfg.dataset.name, list_datasets())
+    METHODS.get(cfg.method.name)
+    m = cfg.method
+    for key in ("reg", "alpha", "delta_reg"):
+        _non_negative(f"method.{key}", getattr(m, key))
+    for key in ("reg_warmup", "reg_update_every", "calib_batches"):
+        _non_negative(f"method.{key}", getattr(m, key))
+    for stage in ("pretrain", "sparse_train", "finetune"):
+        s = getattr(cfg.schedule, stage)
+        for key in ("epochs", "lr", "momentum", "weight_decay", "warmup_epochs", "lr_gamma"):
+            _non_negative(f"schedule.{stage}.{key}", getattr(s, key))
+        _check(s.batch_size >= 1, f"schedule.{stage}.batch_size={s.batch_size} is invalid; it must be >= 1")
+        if s.lr_schedule not in LR_SCHEDULES:
+            raise UnknownChoiceError(f"schedule.{stage}.lr_schedule", s.lr_schedule, LR_SCHEDULES)
+    p = cfg.prune
+    _check(math.isfinite(p.speed_up) and p.speed_up >= 1,
+           f"prune.speed_up={p.speed_up} is invalid; it is base MACs / pruned MACs and must be >= 1")
+    _check(p.iterative_steps >= 1, f"prune.iterative_steps={p.iterative_steps} is invalid; it must be >= 1")
+    _check(0 < p.max_pruning_ratio < 1, f"prune.max_pruning_ratio={p.max_pruning_ratio} is invalid; "
+                                        "it must be in (0, 1)")
+    _check(p.round_to is None or p.round_to >= 1, f"prune.round_to={p.round_to} is invalid; it must be >= 1")
+    for stage in cfg.stages:
+        if stage not in STAGES:
+            raise UnknownChoiceError("stage", stage, STAGES)
+    if cfg.resume not in RESUME_MODES:
+        raise UnknownChoiceError("resume mode", cfg.resume, RESUME_MODES)
+    if cfg.logger not in LOGGERS:
+        raise UnknownChoiceError("logger", cfg.logger, LOGGERS)
+    from .export import EXPORTERS
+
+    for fmt in cfg.export:
+        EXPORTERS.get(fmt)
+    _check(cfg.eval.latency_batch >= 1 and cfg.eval.latency_repeats >= 1,
+           "eval.latency_batch and eval.latency_repeats must be >= 1")
+    dev = cfg.device
+    _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
+           f"unknown device '{dev}'; choose one of: auto, cpu, cuda, cuda:N")

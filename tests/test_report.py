@@ -1,0 +1,205 @@
+"""Report: scanning run folders, combining seeds, report.md / tradeoff.png, the prune-report CLI, plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prune_runner.errors import UserError
+from prune_runner.plots import plot_importance, plot_tradeoff
+from prune_runner.report import aggregate, load_reference, scan_runs, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(
+    root: Path, rel: str, method: str, speed_up: float, seed: int, final_acc: float, latency: bool = False
+) -> Path:
+    run_dir = root / rel
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "pretrain").mkdir()
+    base_macs, base_params = 41_000_000, 272_474
+    results = {
+        "run_dir": f"/elsewhere/{rel}",
+        "choices": {"dataset": "digits", "model": "resnet20", "method": method},
+        "overrides": f"prune.speed_up={speed_up:g},schedule=tiny",
+        "seed": seed,
+        "base": {"acc": 0.95, "macs": base_macs, "params": base_params},
+        "pruned": {"acc": 0.80, "macs": base_macs / speed_up, "params": base_params // 2},
+        "final": {"acc": final_acc, "macs": base_macs / speed_up, "params": base_params // 2},
+        "acc_delta": final_acc - 0.95,
+        "target_speed_up": speed_up,
+        "speed_up": speed_up + 0.03,
+        "params_ratio": 0.5,
+        "latency": None,
+    }
+    if latency:
+        ms = {"1": {"ms": 1.2, "ms_per_image": 1.2}, "64": {"ms": 64.0, "ms_per_image": 1.0}}
+        results["latency"] = {
+            "device": "cpu",
+            "batch_sizes": [1, 64],
+            "base": ms,
+            "final": ms,
+            "speed_up": {"1": 1.5, "64": 1.9},
+        }
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "outputs"
+    write_run(root, "digits/group_norm/su2/seed0", "group_norm", 2.0, 0, 0.90, latency=True)
+    write_run(root, "digits/group_norm/su2/seed1", "group_norm", 2.0, 1, 0.92)
+    write_run(root, "digits/group_norm/su3/seed0", "group_norm", 3.0, 0, 0.88)
+    write_run(root, "digits/l1/su2/seed0", "l1", 2.0, 0, 0.89)
+    write_run(root, "digits/l1/su3/seed0", "l1", 3.0, 0, 0.85)
+    crashed = root / "digits/l1/su4/seed0"  # started, never finished: Hydra folder and a stage, no results
+    (crashed / ".hydra").mkdir(parents=True)
+    (crashed / "pretrain").mkdir()
+    return root
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.strip("|").split(" | ")]
+        for line in markdown.splitlines()
+        if line.startswith("| digits")
+    ]
+
+
+def test_scan_finds_finished_and_incomplete_runs(tree: Path):
+    runs, incomplete = scan_runs(tree)
+    assert len(runs) == 5
+    assert incomplete == [tree / "digits/l1/su4/seed0"]
+    # run_dir is where the run is now, not where it was written
+    assert all(Path(r["run_dir"]).is_relative_to(tree) for r in runs)
+
+
+def test_aggregate_combines_seeds_as_mean_and_sample_std(tree: Path):
+    rows = aggregate(scan_runs(tree)[0])
+    expected = [("group_norm", 2), ("group_norm", 1), ("l1", 1), ("l1", 1)]
+    assert [(r["method"], r["n"]) for r in rows] == expected
+    two_seeds = rows[0]
+    assert two_seeds["seeds"] == [0, 1]
+    assert two_seeds["final_acc"].mean == pytest.approx(91.0)
+    assert two_seeds["final_acc"].std == pytest.approx(statistics.stdev([90.0, 92.0]))
+    assert two_seeds["acc_delta"].mean == pytest.approx(-4.0)  # percentage points
+    assert two_seeds["speed_up"].mean == pytest.approx(2.03)
+    # latency of the one seed that measured it, at the largest batch (64)
+    assert two_seeds["latency_batch"] == 64 and two_seeds["latency_speed_up"].mean == pytest.approx(1.9)
+    single = rows[1]
+    assert single["final_acc"].std is None and single["latency_speed_up"] is None
+
+
+def test_write_report_table_note_and_plot(tree: Path, tmp_path: Path):
+    out = tmp_path / "report_out"
+    paths = write_report(tree, out)
+    assert paths == {"report": out / "report.md", "plot": out / "tradeoff.png"}
+    text = paths["report"].read_text()
+    rows = table_rows(text)
+    assert len(rows) == 4
+    by_key = {(r[2], r[3]): r for r in rows}
+    two_seeds = by_key[("group_norm", "prune.speed_up=2,schedule=tiny")]
+    assert two_seeds[4] == "2 (0, 1)"
+    assert two_seeds[5] == "95.00 ± 0.00"  # std shown for every 2-seed column, even when 0
+    assert two_seeds[6] == f"91.00 ± {statistics.stdev([90.0, 92.0]):.2f}"
+    assert two_seeds[7] == "-4.00 ± 1.41"
+    assert two_seeds[8] == "2.03x ± 0.00"
+    assert two_seeds[9] == "1.90x (bs 64, cpu)"
+    assert two_seeds[10] == "0.500 ± 0.000"
+    assert by_key[("l1", "prune.speed_up=3,schedule=tiny")][9] == "-"
+    assert "Skipped 1 incomplete run(s)" in text and "digits/l1/su4/seed0" in text
+    assert "Published reference" not in text  # no reference rows for digits/resnet20
+
+    png = paths["plot"].read_bytes()
+    assert png[:8] == PNG_MAGIC
+    import matplotlib.image
+
+    image = matplotlib.image.imread(paths["plot"])
+    assert image.shape[0] > 0 and image.shape[1] > 0
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_unreadable_results_and_container_folders(tmp_path: Path):
+    root = tmp_path / "runs"
+    write_run(root, "a", "group_norm", 2.0, 0, 0.9)
+    broken = write_run(root, "b", "group_norm", 2.0, 1, 0.9)
+    (broken / "results.json").write_text('{"choices": {"dataset": "dig')  # truncated write
+    (root / "pretrain").mkdir()  # e.g. a shared cache: root holds finished runs, so it is not a run itself
+    runs, incomplete = scan_runs(root)
+    assert len(runs) == 1 and incomplete == [broken]
+
+
+def test_missing_or_empty_root(tmp_path: Path):
+    with pytest.raises(UserError, match="not found"):
+        scan_runs(tmp_path / "nope")
+    with pytest.raises(UserError, match="no finished runs"):
+        write_report(tmp_path)
+
+
+def test_reference_points_are_sourced_and_plotted(tmp_path: Path):
+    reference = load_reference()
+    assert {(r["dataset"], r["model"]) for r in reference} >= {("cifar10", "resnet56"), ("cifar100", "vgg19")}
+    for ref in reference:
+        assert 0 < ref["pruned_acc"] <= 100 and 0 < ref["base_acc"] <= 100 and ref["speed_up"] > 1
+    runs = [
+        json.loads((write_run(tmp_path, f"r{i}", "group_norm", su, 0, 0.93) / "results.json").read_text())
+        for i, su in enumerate((2.0, 2.5))
+    ]
+    for run in runs:
+        run["choices"].update(dataset="cifar10", model="resnet56")
+        run["run_dir"] = "x"
+    path = plot_tradeoff(aggregate(runs), tmp_path / "ref.png", reference=reference)
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plot_importance_histograms(tmp_path: Path):
+    torch = pytest.importorskip("torch")
+    sparse = torch.cat([torch.full((90,), 1e-6), torch.rand(10) + 0.5, torch.zeros(3)])  # mass near zero
+    path = plot_importance({"layer1": sparse, "layer2": np.linspace(0.1, 1.0, 16)}, tmp_path / "imp.png", "t")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert plot_importance(np.ones(5), tmp_path / "flat.png", "flat").read_bytes()[:8] == PNG_MAGIC
+    assert plot_importance({}, tmp_path / "empty.png", "empty").exists()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "prune_runner.report_cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+def test_cli_writes_report(tree: Path, tmp_path: Path):
+    out = tmp_path / "cli_out"
+    proc = run_cli(str(tree), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "report.md").exists() and (out / "tradeoff.png").exists()
+    assert f"report: {out / 'report.md'}" in proc.stdout
+    assert "group_norm" in proc.stdout and "skipped 1 incomplete" in proc.stdout
+
+
+def test_cli_missing_and_empty_dir(tmp_path: Path):
+    missing = tmp_path / "does_not_exist"
+    proc = run_cli(str(missing))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and str(missing) in proc.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli(str(empty))
+    assert proc.returncode == 1
+    assert "no finished runs" in proc.stderr
