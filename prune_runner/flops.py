@@ -61,7 +61,8 @@ def _mha_macs(mha: nn.MultiheadAttention, query_len: int, key_len: int) -> int:
         q_numel = k_numel = v_numel = mha.in_proj_weight.numel() // 3
         embed = mha.in_proj_weight.shape[0] // 3
     else:
-        q_numel, k_numel, v_numel = (w.numel() for w in (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight))
+        weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
+        q_numel, k_numel, v_numel = (w.numel() for w in weights)
         embed = mha.q_proj_weight.shape[0]
     projections = query_len * q_numel + key_len * (k_numel + v_numel)
     attention = 2 * query_len * key_len * embed  # QK^T and AV, summed over heads

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +20,7 @@ from .errors import UserError
 from .methods import get_method
 from .metrics_log import MetricsLog
 from .records import StageCache, StageDir, config_hash, differing_keys, stage_config
+from .results import print_results
 from .stages import MAIN_ONLY, STAGE_FNS, StageRun
 from .state import RunState
 from .train import Precision
@@ -100,6 +102,9 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = Non
     upstream_hash = upstream[start_stage]["hash"] if start_stage else None
     first = STAGES.index(start_stage) + 1 if start_stage else 0
     state.say(f"run dir: {run_dir}")
+    if state.dist.is_main:
+        atomic_write_json(run_dir / "config.json", asdict(cfg))  # the resolved config, with or without Hydra
+    ran = []
     for stage in STAGES:
         stage_dir = StageDir(run_dir, stage)
         if stage in upstream:  # taken from another run as is
@@ -108,7 +113,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = Non
             state.use_record(stage, upstream[stage])
             state.say(f"{stage}: from {Path(cfg.resume_from).parent / stage}")
             continue
-        flat = stage_config(cfg, stage, has_reg, first_stage=STAGES[min(first, len(STAGES) - 1)], upstream_hash=upstream_hash)
+        flat = stage_config(cfg, stage, has_reg, first_stage=STAGES[min(first, len(STAGES) - 1)],
+                            upstream_hash=upstream_hash)
         stage_hash = config_hash(flat)
         record = stage_dir.record()
         if record is not None and cfg.resume != "overwrite":
@@ -141,7 +147,11 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = Non
             state.say(f"{stage}: skipped ({cfg.method.name} has no regularizer)")
             continue
         state.records[stage] = _run_stage(state, stage, stage_dir, flat, stage_hash, cache)
+        ran.append(stage)
     state.log.close()
+    results = read_json(run_dir / "results.json")
+    if results and "eval" not in ran and state.dist.is_main:
+        print_results(console, results)  # a finished run: show its results again
     return state.records
 
 

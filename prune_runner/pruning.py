@@ -82,6 +82,11 @@ class ObdcCalibration:
                     layers.append(layer)
         return layers
 
+    def _hook_output_grad(self, layer: nn.Module, inputs, output: torch.Tensor) -> None:
+        # a tensor hook rather than a module backward hook: the latter breaks on a following
+        # inplace ReLU; this one receives dL/d(output) as it was before any inplace change
+        output.register_hook(lambda grad: self.imp.DS.__setitem__(layer, grad))
+
     def __call__(self, model: nn.Module, batches: Iterable) -> None:
         imp = self.imp
         imp._clear_buffer()
@@ -89,7 +94,7 @@ class ObdcCalibration:
         handles = []
         for layer in imp.modules:
             handles.append(layer.register_forward_pre_hook(imp._save_input))
-            handles.append(layer.register_full_backward_hook(imp._save_grad_output))
+            handles.append(layer.register_forward_hook(self._hook_output_grad))
         try:
             model.zero_grad(set_to_none=True)
             for x, _ in batches:
@@ -102,6 +107,18 @@ class ObdcCalibration:
         finally:
             for h in handles:
                 h.remove()
+        # the library appends a bias column to each layer's statistics but scores weights only: drop it
+        for layer in imp.modules:
+            if getattr(layer, "bias", None) is not None and layer in imp.Fisher:
+                imp.Fisher[layer] = imp.Fisher[layer][:, :-1]
+        # OBDCImportance reads Fisher[layer] for every conv/linear of a group before it checks the
+        # layer's role; the ones without statistics (e.g. depthwise convs) are never scored: a placeholder
+        for group in self.pruner.DG.get_all_groups(ignored_layers=self.pruner.ignored_layers,
+                                                   root_module_types=self.pruner.root_module_types):
+            for dep, _ in group:
+                layer = dep.target.module
+                if isinstance(layer, tuple(imp.target_types)) and layer not in imp.Fisher:
+                    imp.Fisher[layer] = torch.zeros(())
 
 
 def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: MacCounter, target: float, *,

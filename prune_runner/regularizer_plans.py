@@ -1,7 +1,7 @@
 """Index plans behind prune_runner.regularizers: dependency groups -> flat index tensors.
 
 Built once per refresh() with Python loops over the groups; used every training step with a fixed
-handful of batched tensor ops (plus ~2 ops per parameter) and no host<->device sync.
+handful of batched tensor ops (plus a few ops per parameter) and no host<->device sync.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from torch_pruning.pruner import function
 OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
 IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
 CONV_OR_LINEAR = (nn.modules.conv._ConvNd, nn.Linear)
-
 
 
 class Member(NamedTuple):
@@ -82,15 +81,16 @@ class ChannelNormPlan:
             by_param.setdefault(id(w), (w, {}))[1].setdefault(keep, None)
             picks.append((id(w), keep, pos, [group_offset[m.group] + r for r in m.roots]))
             count[m.group] += 1
-        # Fixed order of the per-step reductions: param by param, kept dim by kept dim.
+        # Fixed order of the per-step reductions: param by param, kept dim by kept dim (0 or 1).
         self.reductions, source_offset, total = [], {}, 0
         for pid, (w, keeps) in by_param.items():
-            dims = []
             for keep in keeps:
                 source_offset[(pid, keep)] = total
                 total += w.shape[keep]
-                dims.append(tuple(d for d in range(w.dim()) if d != keep))
-            self.reductions.append((w, dims))
+            self.reductions.append((w, tuple(range(2, w.dim())), list(keeps)))
+        # One reused buffer for the squares: a fresh weight-sized temp per step costs page faults on CPU.
+        self.scratch_numel = max((w.numel() for w, _, _ in self.reductions if w.dim() > 1), default=0)
+        self._scratch: dict[torch.dtype, torch.Tensor] = {}
         src, dst = [], []
         for pid, keep, pos, chans in picks:
             src.extend(source_offset[(pid, keep)] + i for i in pos)
@@ -107,11 +107,21 @@ class ChannelNormPlan:
         if not self.reductions:
             return out
         parts = []
-        for w, dims in self.reductions:  # ~2 ops per parameter
-            sq = w.detach().square()
-            parts.extend(sq.sum(d) if d else sq for d in dims)
+        for w, spatial, keeps in self.reductions:  # 2-4 ops per parameter, one pass over its weight
+            w = w.detach()
+            if w.dim() == 1:  # BatchNorm / LayerNorm: small, and its squares are the result
+                parts.append(w.square())
+                continue
+            scratch = self._scratch.get(w.dtype)
+            if scratch is None:
+                scratch = self._scratch[w.dtype] = w.new_empty(self.scratch_numel)
+            sq = torch.square(w, out=scratch[: w.numel()].view(w.shape))
+            if spatial:  # conv kernels: sum the kernel window first, then rows/columns of (out, in)
+                sq = sq.sum(spatial)
+            parts.extend(sq.sum(1 - keep) for keep in keeps)
         flat = torch.cat(parts).float()  # the library also sums in fp32 after per-layer reductions
-        return out.index_add_(0, self.dst, flat.index_select(0, self.src)).div_(self.count)  # as the library: sum, then /n
+        # sum over the group's members, then / their count, in the library's order
+        return out.index_add_(0, self.dst, flat.index_select(0, self.src)).div_(self.count)
 
 
 class ScalePlan:
@@ -120,14 +130,18 @@ class ScalePlan:
 
     def __init__(self, entries, group_sizes, device):
         group_offset = _offsets(group_sizes)
-        slot: dict[tuple, int] = {}
-        self.params, self.dims = [], []
+        slot: dict[tuple, int] = {}  # (id(param), dim) -> slot of the flat scale vector
+        by_param: dict[int, tuple] = {}  # id(param) -> (param, [(slot, broadcast shape)])
+        self.sizes = []
         for w, dim, _ in entries:
             if (id(w), dim) not in slot:
-                slot[(id(w), dim)] = len(self.params)
-                self.params.append(w)
-                self.dims.append(dim)
-        self.sizes = [w.shape[d] for w, d in zip(self.params, self.dims)]
+                slot[(id(w), dim)] = len(self.sizes)
+                self.sizes.append(w.shape[dim])
+                shape = [-1 if k == dim else 1 for k in range(w.dim())]
+                by_param.setdefault(id(w), (w, []))[1].append((slot[(id(w), dim)], shape))
+        # (param, slots, combine): a conv's out and in scales (O,1,1,1) + (1,I,1,1) -> (O,I,1,1) are summed
+        # first (small; one pass over w). For linear / 1x1 conv that sum would be weight-sized: two passes.
+        self.targets = [(w, slots, len(slots) == 2 and w[0, 0].numel() > 1) for w, slots in by_param.values()]
         start = _offsets(self.sizes)
         src, dst = [], []
         for w, dim, m in entries:
@@ -137,23 +151,23 @@ class ScalePlan:
         self.src = torch.tensor(src, dtype=torch.long, device=device)
         self.dst = torch.tensor(dst, dtype=torch.long, device=device)
         self.total = sum(self.sizes)
-        self.shapes = [[-1 if k == d else 1 for k in range(w.dim())] for w, d in zip(self.params, self.dims)]
-        # One _foreach call per dim, so that no grad appears twice in one call.
-        self.rounds = [[t for t, d in enumerate(self.dims) if d == dim] for dim in sorted(set(self.dims))]
 
     def add_scaled(self, per_channel: torch.Tensor, coef: float) -> None:
-        if not self.params:
+        if not self.targets:
             return
         flat = per_channel.new_zeros(self.total).index_add_(0, self.dst, per_channel.index_select(0, self.src))
         views = flat.split(self.sizes)
-        for targets in self.rounds:
-            grads, weights, scales = [], [], []
-            for t in targets:
-                w = self.params[t]
-                if w.grad is None:  # the library skips such layers too
-                    continue
+        rounds = ([], [], []), ([], [], [])  # (grads, weights, scales): no grad twice in one _foreach call
+        for w, slots, combine in self.targets:
+            if w.grad is None:  # the library skips such layers too
+                continue
+            parts = [views[t].view(shape) for t, shape in slots]
+            if combine:
+                parts = [parts[0] + parts[1]]
+            for (grads, weights, scales), part in zip(rounds, parts):
                 grads.append(w.grad)
                 weights.append(w)
-                scales.append(views[t].view(self.shapes[t]).to(w.dtype))
+                scales.append(part.to(w.dtype))
+        for grads, weights, scales in rounds:
             if grads:
                 torch._foreach_addcmul_(grads, weights, scales, value=coef)

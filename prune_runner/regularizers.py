@@ -53,6 +53,11 @@ class Regularizer:
                 f"unknown option '{unknown[0]}' for regularizer '{self.name}'; "
                 f"valid options: {', '.join(sorted(self.DEFAULTS))}"
             )
+        for key, value in options.items():  # numbers must be numbers >= 0 (a YAML typo otherwise slips by)
+            default = self.DEFAULTS[key]
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                    raise UserError(f"regularizer '{self.name}' option {key}={value!r}: expected a number >= 0")
         self.options = {**self.DEFAULTS, **options}
         self.model = model
         self.groups_fn = groups_fn
@@ -196,7 +201,9 @@ class GrowingRegRegularizer(Regularizer):
     coef = 1 reproduces the library (whose BatchNorm part is a no-op; ours acts)."""
 
     name = "growing_reg"
-    DEFAULTS: ClassVar[dict[str, Any]] = {**Regularizer.DEFAULTS, "reg": 1e-4, "delta_reg": 1e-5, "update_every": 0, "bias": False}
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        **Regularizer.DEFAULTS, "reg": 1e-4, "delta_reg": 1e-5, "update_every": 0, "bias": False,
+    }
 
     def __init__(self, model, groups_fn, **options):
         self.reg = None

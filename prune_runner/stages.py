@@ -125,18 +125,23 @@ def _pruner(state: RunState):
 
 
 def sparse_train(state: RunState, run: StageRun):
-    from .regularizers import build_regularizer
+    from .regularizers import REGULARIZERS, build_regularizer
 
     cfg, m = state.cfg, state.cfg.method
     state.ensure_model(run.name)
     pruner = _pruner(state)  # only for its dependency graph: the regularizer's groups
-    regularizer = build_regularizer(state.spec.regularizer, state.model, pruner, **regularizer_options(m))
+    accepted = REGULARIZERS.get(state.spec.regularizer).DEFAULTS
+    options = {k: v for k, v in regularizer_options(m).items() if k in accepted}
+    regularizer = build_regularizer(state.spec.regularizer, state.model, pruner, **options)
+    # a regularizer that keeps its own per-channel strength (growing_reg) gets only the warm-up factor
+    strength = 1.0 if "reg" in accepted else m.reg
 
     def coef(epoch: int) -> float:
+        """Warm-up: the coefficient ramps linearly over the first `reg_warmup` epochs."""
         warm = 1.0 if m.reg_warmup <= 0 else min(1.0, (epoch + 1) / m.reg_warmup)
-        return m.reg * warm
+        return strength * warm
 
-    fit(state, run, cfg.schedule.sparse_train, regularizer, coef, on_step=getattr(regularizer, "on_step", None))
+    fit(state, run, cfg.schedule.sparse_train, regularizer, coef)
     metrics = measure(state, state.model)
     metrics.update({f"reg_{k}": v for k, v in regularizer.stats().items()})
     return metrics, state.payload()

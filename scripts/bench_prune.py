@@ -1,7 +1,7 @@
 """Progressive pruning of ResNet-56 to a 2.5x MAC reduction: where does the time go?
 
 Two runs from the same randomly initialised model (fixed seed), identical pruner settings
-(L2 magnitude importance, MetaPruner pruning_ratio=1.0, iterative_steps=iterative_steps,
+(L2 magnitude importance, MetaPruner pruning_ratio=1.0, iterative_steps=100,
 max_pruning_ratio=0.9, classifier ignored), differing only in how MACs are counted after each
 step: (a) ours, MacCounter.count from weight shapes; (b) the library's
 tp.utils.count_ops_and_params (deep copy + forward each call). Both must reach the same
@@ -87,10 +87,12 @@ def report(name: str, r: Dict[str, float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier timings)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each; the fastest is kept")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternating runs of each; the fastest is kept")
     parser.add_argument("--steps", type=int, nargs="*", default=[50, 20],
                         help="extra iterative_steps values to time with our counter (bigger steps)")
-    parser.add_argument("--profile", action="store_true", help="cProfile one run of ours; print the top entries")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile one run of ours; print the top entries")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -25,7 +25,8 @@ def torch_flop_counts(model: nn.Module, x: torch.Tensor) -> dict:
 
 def prune_one_step(model: nn.Module, x: torch.Tensor, num_classes: int = 10, ratio: float = 0.3) -> None:
     pruner = tp.pruner.MetaPruner(
-        model, x, tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio, **pruning_hints(model, num_classes)
+        model, x, tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+        **pruning_hints(model, num_classes),
     )
     pruner.step()
     sync_after_pruning(model)

@@ -9,7 +9,8 @@ from prune_runner.latency import measure_latency
 
 
 def test_measure_latency_reports_positive_medians_per_batch_size():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).train()
+    layers = [nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)]
+    model = nn.Sequential(*layers).train()
     result = measure_latency(model, (3, 8, 8), "cpu", batch_sizes=(1, 4), warmup=1, repeats=3)
     assert sorted(result) == [1, 4]
     for batch, row in result.items():

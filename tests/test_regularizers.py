@@ -169,6 +169,16 @@ def test_group_norm_matches_library(name):
     assert_close_to_library(ours, theirs, original)
 
 
+def test_group_norm_bias_option_matches_library():
+    theirs, lib, ours, ours_pruner = pair("vgg", tp.pruner.GroupNormPruner, reg=0.1)
+    original = set_grads(theirs)
+    set_grads(ours)
+    lib.regularize(theirs, bias=True)
+    build_regularizer("group_norm", ours, ours_pruner, bias=True).apply(0.1)
+    assert_close_to_library(ours, theirs, original)
+    assert not torch.equal(ours.hidden.bias.grad, original["hidden.bias"])
+
+
 def test_group_norm_matches_library_with_mean_normalizer():
     """With the importance's default normalizer='mean' the library rounds its float32 gamma differently."""
     theirs, lib, ours, ours_pruner = pair("resnet", tp.pruner.GroupNormPruner, reg=0.1, normalizer="mean")
@@ -322,3 +332,31 @@ def test_stats_importance_and_user_errors():
     state = reg.state_dict()
     with pytest.raises(UserError):
         build_regularizer("growing_reg", model, pruner).load_state_dict(state)
+
+
+def test_bad_option_value_is_a_user_error():
+    model = randomized("resnet")
+    pruner = library_pruner(tp.pruner.GroupNormPruner, model)
+    with pytest.raises(UserError, match="alpha"):
+        build_regularizer("group_norm", model, pruner, alpha="big")
+    with pytest.raises(UserError, match="reg"):
+        build_regularizer("growing_reg", model, pruner, reg=-1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["group_norm", "growing_reg", "slim", "group_slim"])
+def test_apply_never_syncs_with_the_host_on_cuda(name):
+    model = randomized("dense")
+    pruner = library_pruner(tp.pruner.GroupNormPruner, model)  # traced on CPU; .cuda() keeps the params
+    model.cuda()
+    reg = build_regularizer(name, model, pruner, **({"update_every": 1} if name == "growing_reg" else {}))
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        reg.apply(0.01)
+        reg.apply(0.01)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

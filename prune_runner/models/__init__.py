@@ -36,7 +36,7 @@ def register_model(name: str, input_size: int = 32, family: str = "cifar"):
 
 
 # Filled in by the model modules; imported for their registrations.
-from . import cifar_resnet, cifar_vgg, cifar_densenet, cifar_mobilenetv2, torchvision_models  # noqa: E402,F401
+from . import cifar_densenet, cifar_mobilenetv2, cifar_resnet, cifar_vgg, torchvision_models  # noqa: E402,F401
 from .torchvision_models import get_model_spec  # noqa: E402
 
 

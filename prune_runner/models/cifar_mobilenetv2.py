@@ -52,7 +52,8 @@ class CifarMobileNetV2(nn.Module):
         in_channels = stem_channels
         for expansion, out_channels, repeats, first_stride in CIFAR_STAGES:
             for i in range(repeats):
-                layers.append(InvertedResidual(in_channels, out_channels, first_stride if i == 0 else 1, expansion))
+                stride = first_stride if i == 0 else 1
+                layers.append(InvertedResidual(in_channels, out_channels, stride, expansion))
                 in_channels = out_channels
         layers.append(conv_bn_relu6(in_channels, last_channels, 1))
         self.features = nn.Sequential(*layers)

@@ -19,7 +19,9 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 def _classifier_layers(model: nn.Module, num_classes: int) -> List[nn.Module]:
     """Output layers, whose out-dimension is the class count and must not be pruned."""
-    heads: List[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    heads: List[nn.Module] = [
+        m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes
+    ]
     if not heads:  # conv classifier (squeezenet): the last conv producing num_classes maps
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == num_classes]
         heads = convs[-1:]

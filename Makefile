@@ -1,0 +1,39 @@
+# Set-up is two commands: `make demo` and `make test` (both install on first use).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch is pinned to the newest release this project supports; pip takes it from its cache when there is one
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test test-slow bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# the whole pipeline on scikit-learn's digits: pretrain, sparse-train, prune to 2x, fine-tune, eval
+demo: install
+	$(VENV)/bin/prune-run model=resnet20 dataset=digits method=group_norm schedule=demo prune.speed_up=2 run_dir=outputs/demo
+
+test: install
+	$(VENV)/bin/pytest -q
+
+# longer end-to-end tests (several minutes on 2 CPU cores)
+test-slow: install
+	$(VENV)/bin/pytest -q -m slow
+
+bench: install
+	$(PY) scripts/bench_regularizer.py
+	$(PY) scripts/bench_prune.py
+	$(PY) scripts/bench_epoch.py
+
+lint:
+	$(VENV)/bin/ruff check prune_runner tests scripts
+
+clean:
+	rm -rf outputs .pytest_cache
