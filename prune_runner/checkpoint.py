@@ -14,7 +14,9 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -99,10 +101,15 @@ def load_checkpoint(path: Path, expected_sha: Optional[str] = None) -> dict:
     if expected_sha is not None and sha256(data) != expected_sha:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated (checksum mismatch)")
     try:
-        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors, zip errors, refused globals: all mean "not a safe checkpoint"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. pickle-protocol notes: the error below says what matters
+            ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"checkpoint {path} was refused: it holds Python objects that only running code "
+                              "could restore, and checkpoints are loaded with weights_only=True") from None
+    except Exception as err:  # truncated or foreign files: zip and pickle format errors
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {reason[:200]}") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint: {reason[:160]}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a prune-runner checkpoint (format {FORMAT} expected)")
     return ckpt

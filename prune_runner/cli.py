@@ -90,6 +90,11 @@ def preflight(argv: List[str]) -> List[str]:
                 if key == "model" and len(values) == 1 and _is_torchvision(value):
                     out += ["model=torchvision", f"model.name={value}"]
                     break
+                if key == "model":
+                    from .models import list_models
+
+                    raise UserError(f"unknown model '{value}'; choose one of: {', '.join(list_models())}, "
+                                    "or any torchvision classification model name")
                 raise UnknownChoiceError(key, value, options)
             else:
                 out.append(arg)

@@ -14,15 +14,15 @@ class MetricsLog:
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
+        self._tb_dir = Path(run_dir) / "tensorboard" if enabled and logger == "tensorboard" else None
         if logger not in ("jsonl", "tensorboard"):
             raise UserError(f"unknown logger '{logger}'; choose one of: jsonl, tensorboard")
-        if enabled and logger == "tensorboard":
+        if self._tb_dir is not None:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                import tensorboard  # noqa: F401  (checked now, used at the first log call)
             except ImportError:
                 raise UserError("logger=tensorboard needs the optional dependency: "
                                 "pip install 'prune-runner[tensorboard]'") from None
-            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
         self._global = {}
 
     def log(self, stage: str, epoch: int, **metrics) -> None:
@@ -32,6 +32,10 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:  # one line per write; a torn last line is skipped by readers
             f.write(json.dumps(row, default=float) + "\n")
+        if self._tb_dir is not None and self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self._tb_dir))
         if self._tb is not None:
             step = self._global.get(stage, 0)
             for key, value in metrics.items():

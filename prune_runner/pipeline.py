@@ -90,6 +90,28 @@ def build_state(cfg: RunConfig, run_dir: Path, console: Console, overrides: str)
     return state
 
 
+def _plan(cfg: RunConfig, run_dir: Path, has_reg: bool, upstream: dict, first: int) -> list:
+    """(stage, action, flat config, record) for every stage; action: upstream | done | run | not selected."""
+    plan = []
+    for stage in STAGES:
+        if stage in upstream:
+            plan.append((stage, "upstream", None, upstream[stage]))
+            continue
+        flat = stage_config(cfg, stage, has_reg, first_stage=STAGES[min(first, len(STAGES) - 1)],
+                            upstream_hash=upstream[STAGES[first - 1]]["hash"] if upstream else None)
+        record = StageDir(run_dir, stage).record()
+        if record is not None and record.get("hash") == config_hash(flat):
+            action = "done"
+        elif record is not None and cfg.resume != "overwrite":
+            keys = differing_keys(record.get("config", {}), flat)
+            raise UserError(f"{stage} in {run_dir} was finished with another config (differs in: {', '.join(keys)}); "
+                            "add resume=overwrite to redo it, or choose another run_dir")
+        else:
+            action = "run" if stage in cfg.stages else "not selected"
+        plan.append((stage, action, flat, record))
+    return plan
+
+
 def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = None, overrides: str = "") -> dict:
     """Run (or resume) every configured stage in `run_dir`; returns the completion records."""
     validate(cfg)
@@ -99,36 +121,30 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = Non
     has_reg = state.spec.regularizer is not None
     cache = StageCache(cfg.out_root)
     start_stage, upstream = _resume_from(cfg)
-    upstream_hash = upstream[start_stage]["hash"] if start_stage else None
     first = STAGES.index(start_stage) + 1 if start_stage else 0
+    plan = _plan(cfg, run_dir, has_reg, upstream, first)  # refuses a changed config before anything is written
     state.say(f"run dir: {run_dir}")
     if state.dist.is_main:
         atomic_write_json(run_dir / "config.json", asdict(cfg))  # the resolved config, with or without Hydra
     ran = []
-    for stage in STAGES:
+    for stage, action, flat, record in plan:
         stage_dir = StageDir(run_dir, stage)
-        if stage in upstream:  # taken from another run as is
+        if action == "upstream":  # taken from another run as is
+            source = str(Path(cfg.resume_from).parent / stage)
             if state.dist.is_main:
-                stage_dir.reuse(upstream[stage], upstream[stage]["config"], str(Path(cfg.resume_from).parent / stage))
-            state.use_record(stage, upstream[stage])
-            state.say(f"{stage}: from {Path(cfg.resume_from).parent / stage}")
+                stage_dir.reuse(record, record["config"], source)
+            state.use_record(stage, record)
+            state.say(f"{stage}: from {source}")
             continue
-        flat = stage_config(cfg, stage, has_reg, first_stage=STAGES[min(first, len(STAGES) - 1)],
-                            upstream_hash=upstream_hash)
+        if action == "done":
+            state.use_record(stage, record)
+            state.say(f"{stage}: finished earlier, skipped")
+            continue
+        if action == "not selected":
+            continue
         stage_hash = config_hash(flat)
-        record = stage_dir.record()
-        if record is not None and cfg.resume != "overwrite":
-            if record.get("hash") == stage_hash:
-                state.use_record(stage, record)
-                state.say(f"{stage}: finished earlier, skipped")
-                continue
-            keys = differing_keys(record.get("config", {}), flat)
-            raise UserError(f"{stage} in {run_dir} was finished with another config (differs in: {', '.join(keys)}); "
-                            "add resume=overwrite to redo it, or choose another run_dir")
-        if stage not in cfg.stages:
-            continue
         if state.dist.is_main and record is not None:
-            stage_dir.clear()  # resume=overwrite: this stage and every later one are redone
+            stage_dir.clear()  # resume=overwrite and a changed config: redo this stage
         hit = cache.lookup(stage, stage_hash) if cfg.cache else None
         if hit is not None and Path(hit[1]).resolve() != stage_dir.path.resolve():
             source, source_dir = hit

@@ -68,6 +68,14 @@ def machine(device: torch.device) -> str:
             f"torchvision {torchvision.__version__}, torch threads {torch.get_num_threads()}, GPU {gpu}")
 
 
+def load_average() -> str:
+    """The 1-minute load average: above the core count, other processes took part of the timed run."""
+    try:
+        return f" (load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+    except OSError:
+        return ""
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -277,7 +285,7 @@ def main(argv=None) -> None:
             results[path.name].append(result)
             note = f" [extrapolated from the first {result.timed_steps} steps]" if result.extrapolated else ""
             print(f"epoch {epoch + 1} {path.name:<9}: {result.seconds:8.2f} s/epoch, "
-                  f"{steps_per_epoch * args.batch / result.seconds:9.1f} img/s{note}", flush=True)
+                  f"{steps_per_epoch * args.batch / result.seconds:9.1f} img/s{note}{load_average()}", flush=True)
 
     seconds = {name: statistics.median(r.seconds for r in rs) for name, rs in results.items()}
     for name, value in seconds.items():

@@ -1,0 +1,124 @@
+"""Bad input: one line naming the value and what is allowed, a non-zero exit, and nothing
+in an existing run directory changed."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished tiny run (no fine-tuning epochs) whose folder must survive every bad command."""
+    from conftest import run_cli
+
+    root = tmp_path_factory.mktemp("bad_input")
+    run_dir = root / "run"
+    proc = run_cli(["model=resnet20", "method=l1", "prune.speed_up=1.2", f"run_dir={run_dir}",
+                    f"out_root={root / 'outputs'}", "schedule.finetune.epochs=0", "eval.latency=false", *FAST],
+                   cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root, run_dir
+
+
+def _corrupt(path: Path) -> Path:
+    path.write_bytes(b"this is not a checkpoint")
+    return path
+
+
+def _evil(path: Path) -> Path:
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran while unpickling",))
+
+    buf = io.BytesIO()
+    torch.save({"format": "prune-runner/1", "payload": Evil()}, buf)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+CASES = {
+    "unknown model": (["model=resnet21"], ["resnet21", "resnet56", "torchvision"]),
+    "unknown method": (["method=l3"], ["l3", "group_norm", "obdc"]),
+    "unknown dataset": (["dataset=mnist"], ["mnist", "digits", "cifar10"]),
+    "unknown group option": (["schedule=forever"], ["forever", "tiny", "default"]),
+    "unknown key": (["prune.sped_up=2"], ["prune.sped_up", "speed_up"]),
+    "wrong type": (["prune.speed_up=fast"], ["fast", "prune.speed_up"]),
+    "negative reg": (["method.reg=-0.1"], ["method.reg=-0.1", ">= 0"]),
+    "negative lr": (["schedule.finetune.lr=-1"], ["schedule.finetune.lr=-1", ">= 0"]),
+    "negative epochs": (["schedule.pretrain.epochs=-3"], ["schedule.pretrain.epochs=-3", ">= 0"]),
+    "speed-up below 1": (["prune.speed_up=0.8"], ["prune.speed_up=0.8", ">= 1"]),
+    "iterative steps below 1": (["prune.iterative_steps=0"], ["prune.iterative_steps=0", ">= 1"]),
+    "missing data folder": (["dataset=imagefolder", "dataset.root=/no/such/folder"], ["/no/such/folder"]),
+    "offline download": (["dataset=cifar10", "dataset.root={tmp}/cifar"], ["cifar10", "dataset=digits"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_one_line(case, finished_run):
+    root, run_dir = finished_run
+    before = _snapshot(run_dir)
+    args, expected = CASES[case]
+    args = [a.replace("{tmp}", str(root)) for a in args]
+    from conftest import run_cli
+
+    # an unreachable proxy makes any download attempt fail fast, as on an offline machine
+    env = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    proc = run_cli(["model=resnet20", "method=l1", f"run_dir={run_dir}", f"out_root={root / 'outputs'}",
+                    *FAST, *args], cwd=root, env=env)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("W1")]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("prune-run: error: ")
+    for word in expected:
+        assert word in lines[0], lines[0]
+    assert _snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "evil", "other model"])
+def test_bad_base_checkpoint(kind, finished_run, tmp_path):
+    root, run_dir = finished_run
+    before = _snapshot(run_dir)
+    if kind == "corrupt":
+        ckpt = _corrupt(tmp_path / "broken.pt")
+    elif kind == "evil":
+        ckpt = _evil(tmp_path / "evil.pt")
+    else:
+        ckpt = run_dir / "pretrain" / "checkpoint.pt"  # a resnet20 checkpoint, offered to resnet32
+    from conftest import run_cli
+
+    proc = run_cli(["model=resnet32", "method=l1", f"base_checkpoint={ckpt}", f"run_dir={tmp_path / 'new'}",
+                    f"out_root={tmp_path / 'outputs'}", *FAST], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("W1")]
+    assert len(lines) == 1 and str(ckpt) in lines[0], proc.stderr
+    assert "code ran while unpickling" not in proc.stdout + proc.stderr
+    if kind == "evil":
+        assert "weights_only" in lines[0]
+    if kind == "other model":
+        assert "resnet20" in lines[0] and "resnet32" in lines[0]
+    assert _snapshot(run_dir) == before
+
+
+def test_changed_config_is_refused_with_the_differing_keys(finished_run):
+    root, run_dir = finished_run
+    before = _snapshot(run_dir)
+    from conftest import run_cli
+
+    proc = run_cli(["model=resnet20", "method=l1", "prune.speed_up=1.3", f"run_dir={run_dir}",
+                    f"out_root={root / 'outputs'}", "schedule.finetune.epochs=0", "eval.latency=false", *FAST],
+                   cwd=root)
+    assert proc.returncode == 2
+    assert "prune.speed_up" in proc.stderr and "resume=overwrite" in proc.stderr
+    assert _snapshot(run_dir) == before
