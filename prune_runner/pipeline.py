@@ -115,7 +115,7 @@ def _plan(cfg: RunConfig, run_dir: Path, has_reg: bool, upstream: dict, first: i
 def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = None, overrides: str = "") -> dict:
     """Run (or resume) every configured stage in `run_dir`; returns the completion records."""
     validate(cfg)
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # long paths stay on one line in logs
     run_dir = Path(run_dir)
     state = build_state(cfg, run_dir, console, overrides)
     has_reg = state.spec.regularizer is not None

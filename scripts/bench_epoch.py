@@ -126,7 +126,7 @@ def time_epoch(run, device: torch.device, steps_per_epoch: int, limit: int | Non
 
     sync(device)
     start = time.perf_counter()
-    keep = run(steps, mark_first)
+    keep = run(steps, mark_first if steps < steps_per_epoch else None)  # no extra sync in a whole epoch
     sync(device)
     end = time.perf_counter()
     del keep
