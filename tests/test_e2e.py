@@ -5,34 +5,45 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import FAST, results_of
+from conftest import FAST, results_of, run_cli
 
 # speed-up targets kept small so the tiny schedule recovers accuracy; chance is 10% on digits
 E2E_METHODS = ["group_norm", "slim", "growing_reg", "l1", "obdc"]
 
 
+@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory):
+    """One out_root for every method: the first run pretrains, the others reuse it from the stage cache."""
+    return tmp_path_factory.mktemp("e2e")
+
+
 @pytest.mark.parametrize("method", E2E_METHODS)
-def test_pipeline_end_to_end(cli, method):
-    run_dir = cli.root / "run"
-    proc = cli("model=resnet20", f"method={method}", "prune.speed_up=1.5", f"run_dir={run_dir}", *FAST)
+def test_pipeline_end_to_end(shared_root, method):
+    run_dir = shared_root / method
+    args = ["model=resnet20", f"method={method}", "prune.speed_up=1.5", f"run_dir={run_dir}",
+            f"out_root={shared_root / 'outputs'}", *FAST]
+    proc = run_cli(args, cwd=shared_root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = results_of(run_dir)
     assert r["choices"] == {"dataset": "digits", "model": "resnet20", "method": method}
     assert r["speed_up"] >= 1.5 and r["target_speed_up"] == 1.5
     assert r["final"]["macs"] < r["base"]["macs"] and r["final"]["params"] < r["base"]["params"]
-    assert r["final"]["acc"] > 0.4, r  # well above the 10% of chance
+    assert r["final"]["acc"] > 0.6, r  # well above the 10% of chance
     assert abs(r["acc_delta"] - (r["final"]["acc"] - r["base"]["acc"])) < 1e-12
     assert set(r["latency"]["speed_up"]) == {"1", "8"}
     for stage in ("pretrain", "sparse_train", "prune", "finetune", "eval"):
         assert (run_dir / stage / "done.json").exists()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert {row["stage"] for row in rows} >= {"pretrain", "finetune"}
+    assert "finetune" in {row["stage"] for row in rows}  # pretrain may come from the stage cache
     if method in ("group_norm", "slim", "growing_reg"):
         assert any(row["stage"] == "sparse_train" and row["reg_coef"] > 0 for row in rows)
     assert (run_dir / "sparsity.png").read_bytes()[:4] == b"\x89PNG"
     assert "top-1 acc" in proc.stdout
 
-    again = cli("model=resnet20", f"method={method}", "prune.speed_up=1.5", f"run_dir={run_dir}", *FAST)
+    if method != E2E_METHODS[0]:
+        assert "pretrain: reused from" in proc.stdout
+        return
+    again = run_cli(args, cwd=shared_root)  # the same command again: everything is finished
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("finished earlier, skipped") == 5
     assert results_of(run_dir) == r
