@@ -4,6 +4,7 @@ from its last epoch checkpoint)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from dataclasses import asdict
@@ -15,7 +16,7 @@ from rich.console import Console
 
 from .checkpoint import atomic_write_json, read_json
 from .config import STAGES, RunConfig
-from .distributed import DistInfo, barrier, init_distributed
+from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .errors import UserError
 from .methods import get_method
 from .metrics_log import MetricsLog
@@ -112,6 +113,16 @@ def _plan(cfg: RunConfig, run_dir: Path, has_reg: bool, upstream: dict, first: i
     return plan
 
 
+def _report_architecture(state: RunState) -> None:
+    """Each rank prints a fingerprint of its final model's shapes: they must agree under DDP."""
+    if state.model is None and state.pending is None:
+        return
+    model = state.ensure_model("eval")
+    shapes = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
+    digest = hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
+    print(f"rank {state.dist.rank}/{state.dist.world_size}: architecture {digest}", flush=True)
+
+
 def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = None, overrides: str = "") -> dict:
     """Run (or resume) every configured stage in `run_dir`; returns the completion records."""
     validate(cfg)
@@ -165,6 +176,9 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = Non
         state.records[stage] = _run_stage(state, stage, stage_dir, flat, stage_hash, cache)
         ran.append(stage)
     state.log.close()
+    if state.dist.enabled:
+        _report_architecture(state)
+        shutdown(state.dist)
     results = read_json(run_dir / "results.json")
     if results and "eval" not in ran and state.dist.is_main:
         print_results(console, results)  # a finished run: show its results again

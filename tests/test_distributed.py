@@ -1,0 +1,26 @@
+"""DDP on CPU: two gloo processes launched by torchrun run the whole pipeline on digits."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import FAST, results_of
+
+
+def test_two_process_gloo_pipeline(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "prune_runner.cli", "model=resnet20", "method=group_norm", "prune.speed_up=1.5",
+           f"run_dir={run_dir}", f"out_root={tmp_path / 'outputs'}", "eval.latency=false", *FAST]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    fingerprints = dict(re.findall(r"rank (\d)/2: architecture (\w+)", proc.stdout))
+    assert set(fingerprints) == {"0", "1"}, proc.stdout
+    assert fingerprints["0"] == fingerprints["1"]  # the pruned model is the same on both ranks
+    r = results_of(run_dir)
+    assert r["provenance"]["world_size"] == 2 and r["speed_up"] >= 1.5
+    assert proc.stdout.count("top-1 acc") == 1  # only rank 0 reports
