@@ -34,8 +34,9 @@ class MethodConfig:
     reg_warmup: int = 0  # epochs over which the coefficient ramps linearly from 0 to `reg`
     alpha: float = 4.0  # group_norm: per-group scaling spans [2^0, 2^alpha]
     delta_reg: float = 1e-4  # growing_reg: increment of the per-channel coefficient per update
-    reg_update_every: int = 10  # growing_reg: optimizer steps between coefficient updates
+    reg_update_every: int = 0  # growing_reg: optimizer steps between coefficient updates; 0 = once per epoch
     global_pruning: bool = False  # rank channels across layers instead of within each layer
+    normalizer: Optional[str] = None  # per-group score normalization: mean | max | sum | ...; None = criterion's
     calib_batches: int = 4  # taylor / obdc: batches of forward+backward before every pruning step
 
 

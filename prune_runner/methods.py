@@ -20,7 +20,7 @@ IMP = tp.importance
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    importance: Callable[[int], object]  # importance(num_classes) -> a tp importance criterion
+    importance: Callable[..., object]  # importance(num_classes, **options) -> a tp importance criterion
     regularizer: Optional[str] = None  # key in regularizers.REGULARIZERS; None: no sparse training
     calibration: Optional[str] = None  # "grad" (Taylor) or "obdc": passes before every pruning step
     summary: str = ""
@@ -33,19 +33,24 @@ def _add(name, importance, regularizer=None, calibration=None, summary=""):
     METHODS.add(name, MethodSpec(name, importance, regularizer, calibration, summary))
 
 
-_add("l1", lambda nc: IMP.GroupMagnitudeImportance(p=1), summary="group L1 magnitude")
-_add("l2", lambda nc: IMP.GroupMagnitudeImportance(p=2), summary="group L2 magnitude")
-_add("fpgm", lambda nc: IMP.FPGMImportance(), summary="distance to the geometric median")
-_add("lamp", lambda nc: IMP.LAMPImportance(), summary="layer-adaptive magnitude")
-_add("random", lambda nc: IMP.RandomImportance(), summary="random channels")
-_add("taylor", lambda nc: IMP.GroupTaylorImportance(), calibration="grad", summary="first-order Taylor")
-_add("obdc", lambda nc: IMP.OBDCImportance(num_classes=nc), calibration="obdc", summary="Kronecker-factored OBD")
-_add("slim", lambda nc: IMP.BNScaleImportance(), regularizer="slim", summary="Network Slimming (BN L1)")
-_add("group_slim", lambda nc: IMP.BNScaleImportance(), regularizer="group_slim", summary="group lasso on BN scales")
-_add("group_norm", lambda nc: IMP.GroupMagnitudeImportance(p=2), regularizer="group_norm",
+# `**kw` carries the optional importance normalizer (method.normalizer); LAMP and random have their own.
+_add("l1", lambda nc, **kw: IMP.GroupMagnitudeImportance(p=1, **kw), summary="group L1 magnitude")
+_add("l2", lambda nc, **kw: IMP.GroupMagnitudeImportance(p=2, **kw), summary="group L2 magnitude")
+_add("fpgm", lambda nc, **kw: IMP.FPGMImportance(**kw), summary="distance to the geometric median")
+_add("lamp", lambda nc, **kw: IMP.LAMPImportance(), summary="layer-adaptive magnitude")
+_add("random", lambda nc, **kw: IMP.RandomImportance(), summary="random channels")
+_add("taylor", lambda nc, **kw: IMP.GroupTaylorImportance(**kw), calibration="grad", summary="first-order Taylor")
+_add("obdc", lambda nc, **kw: IMP.OBDCImportance(num_classes=nc, **kw), calibration="obdc",
+     summary="Kronecker-factored OBD")
+_add("slim", lambda nc, **kw: IMP.BNScaleImportance(**kw), regularizer="slim", summary="Network Slimming (BN L1)")
+_add("group_slim", lambda nc, **kw: IMP.BNScaleImportance(**kw), regularizer="group_slim",
+     summary="group lasso on BN scales")
+_add("group_norm", lambda nc, **kw: IMP.GroupMagnitudeImportance(p=2, **kw), regularizer="group_norm",
      summary="DepGraph group sparsity (group_sl)")
-_add("growing_reg", lambda nc: IMP.GroupMagnitudeImportance(p=2), regularizer="growing_reg",
+_add("growing_reg", lambda nc, **kw: IMP.GroupMagnitudeImportance(p=2, **kw), regularizer="growing_reg",
      summary="growing L2 regularization")
+
+NORMALIZERS = ("mean", "max", "sum", "standarization", "gaussian")  # tp's per-group score normalizers
 
 
 def list_methods() -> List[str]:

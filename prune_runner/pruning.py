@@ -21,7 +21,7 @@ class PruningTargetError(UserError):
 
 def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: MethodSpec, num_classes: int, *,
                  steps: int = 100, max_pruning_ratio: float = 0.9, global_pruning: bool = False,
-                 round_to: Optional[int] = None) -> tp.pruner.BasePruner:
+                 round_to: Optional[int] = None, normalizer: Optional[str] = None) -> tp.pruner.BasePruner:
     """A BasePruner whose schedule removes 1/steps of each layer's channels per step.
 
     Works around two library defects: the mutable default dicts of BasePruner are
@@ -33,7 +33,7 @@ def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: MethodSpe
     pruner = tp.pruner.BasePruner(
         model,
         example_inputs,
-        importance=spec.importance(num_classes),
+        importance=spec.importance(num_classes, **({"normalizer": normalizer} if normalizer else {})),
         global_pruning=global_pruning,
         pruning_ratio=1.0,  # the schedule's end point; the MACs target stops us long before
         iterative_steps=steps,

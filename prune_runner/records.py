@@ -24,7 +24,7 @@ STAGE_KEYS: Dict[str, List[str]] = {
                  "dataset.train_limit", "schedule.pretrain", "seed", "base_checkpoint"],
     "sparse_train": ["method.name", "method.reg", "method.reg_warmup", "method.alpha", "method.delta_reg",
                      "method.reg_update_every", "schedule.sparse_train"],
-    "prune": ["method.name", "method.global_pruning", "method.calib_batches", "prune"],
+    "prune": ["method.name", "method.global_pruning", "method.normalizer", "method.calib_batches", "prune"],
     "finetune": ["schedule.finetune"],
     "eval": ["eval", "export"],
 }

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 
 import torch
 from rich.console import Console
 from rich.table import Table
+
+from . import __version__
 
 
 def _latency_summary(latency: dict | None) -> dict | None:
@@ -43,7 +46,8 @@ def build_results(state, final: dict, latency: dict | None) -> dict:
         "params_ratio": final["params"] / base["params"],
         "prune_steps": pruned.get("steps"),
         "latency": _latency_summary(latency),
-        "provenance": {"torch": torch.__version__, "python": platform.python_version(),
+        "provenance": {"torch": torch.__version__, "torch_pruning": importlib.metadata.version("torch-pruning"),
+                       "prune_runner": __version__, "python": platform.python_version(),
                        "device": str(state.device), "world_size": state.dist.world_size,
                        "gpu": torch.cuda.get_device_name(state.device) if state.device.type == "cuda" else None},
     }

@@ -53,7 +53,7 @@ def measure(state: RunState, model) -> dict:
 
 
 def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
-        coef: Callable[[int], float] = lambda epoch: 0.0, on_step: Optional[Callable[[], None]] = None) -> dict:
+        coef: Callable[[int], float] = lambda epoch: 0.0, on_epoch_end: Optional[Callable[[], None]] = None) -> dict:
     """Train `state.model` for `sched.epochs`, saving an epoch checkpoint after each epoch."""
     model, cfg, data = state.model, state.cfg, state.data
     opt = make_optimizer(model, sched)
@@ -87,7 +87,9 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
 
             batches = bar.steps(data.train_batches(sched.batch_size, epoch, data_seed), steps)
             last = train_epoch(train_model, batches, opt, scheduler, state.device, state.precision,
-                               regularize=reg_fn, on_step=on_step)
+                               regularize=reg_fn)
+            if on_epoch_end is not None:
+                on_epoch_end()
             val = evaluate(model, data.eval_batches(EVAL_BATCH), state.device, state.precision)
             last.update(val_acc=val["acc"], val_loss=val["loss"])
             if regularizer is not None:
@@ -121,7 +123,8 @@ def _pruner(state: RunState):
     cfg = state.cfg
     return build_pruner(state.model, state.data.example_input(1), state.spec, state.num_classes,
                         steps=cfg.prune.iterative_steps, max_pruning_ratio=cfg.prune.max_pruning_ratio,
-                        global_pruning=cfg.method.global_pruning, round_to=cfg.prune.round_to)
+                        global_pruning=cfg.method.global_pruning, round_to=cfg.prune.round_to,
+                        normalizer=cfg.method.normalizer)
 
 
 def sparse_train(state: RunState, run: StageRun):
@@ -141,7 +144,9 @@ def sparse_train(state: RunState, run: StageRun):
         warm = 1.0 if m.reg_warmup <= 0 else min(1.0, (epoch + 1) / m.reg_warmup)
         return strength * warm
 
-    fit(state, run, cfg.schedule.sparse_train, regularizer, coef)
+    # growing_reg with reg_update_every=0 grows its coefficients once per epoch, as the reference script does
+    per_epoch = getattr(regularizer, "update_reg", None) if m.reg_update_every == 0 else None
+    fit(state, run, cfg.schedule.sparse_train, regularizer, coef, on_epoch_end=per_epoch)
     metrics = measure(state, state.model)
     metrics.update({f"reg_{k}": v for k, v in regularizer.stats().items()})
     return metrics, state.payload()

@@ -23,7 +23,7 @@ def _non_negative(name: str, value: float) -> None:
 
 def validate(cfg: RunConfig) -> None:
     from .data import list_datasets
-    from .methods import METHODS
+    from .methods import METHODS, NORMALIZERS
     from .models.torchvision_models import get_model_spec
 
     get_model_spec(cfg.model.name)  # raises UnknownChoiceError naming the choices
@@ -31,6 +31,8 @@ def validate(cfg: RunConfig) -> None:
         raise UnknownChoiceError("dataset", cfg.dataset.name, list_datasets())
     METHODS.get(cfg.method.name)
     m = cfg.method
+    if m.normalizer is not None and m.normalizer not in NORMALIZERS:
+        raise UnknownChoiceError("method.normalizer", m.normalizer, NORMALIZERS)
     for key in ("reg", "alpha", "delta_reg"):
         _non_negative(f"method.{key}", getattr(m, key))
     for key in ("reg_warmup", "reg_update_every", "calib_batches"):
@@ -46,8 +48,8 @@ def validate(cfg: RunConfig) -> None:
     _check(math.isfinite(p.speed_up) and p.speed_up >= 1,
            f"prune.speed_up={p.speed_up} is invalid; it is base MACs / pruned MACs and must be >= 1")
     _check(p.iterative_steps >= 1, f"prune.iterative_steps={p.iterative_steps} is invalid; it must be >= 1")
-    _check(0 < p.max_pruning_ratio < 1, f"prune.max_pruning_ratio={p.max_pruning_ratio} is invalid; "
-                                        "it must be in (0, 1)")
+    _check(0 < p.max_pruning_ratio <= 1, f"prune.max_pruning_ratio={p.max_pruning_ratio} is invalid; "
+                                         "it must be in (0, 1] (a layer always keeps one channel)")
     _check(p.round_to is None or p.round_to >= 1, f"prune.round_to={p.round_to} is invalid; it must be >= 1")
     for stage in cfg.stages:
         if stage not in STAGES:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST
 
 
@@ -122,3 +121,18 @@ def test_changed_config_is_refused_with_the_differing_keys(finished_run):
     assert proc.returncode == 2
     assert "prune.speed_up" in proc.stderr and "resume=overwrite" in proc.stderr
     assert _snapshot(run_dir) == before
+
+
+def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(finished_run, tmp_path):
+    root, run_dir = finished_run
+    from conftest import run_cli
+
+    new = tmp_path / "diverges"
+    proc = run_cli(["model=resnet20", "method=l1", "prune.speed_up=1.2", f"run_dir={new}",
+                    f"resume_from={run_dir / 'prune'}", "schedule.finetune.epochs=2", "schedule.finetune.lr=1e12",
+                    f"out_root={tmp_path / 'outputs'}", *FAST], cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("W1")]
+    assert len(lines) == 1 and "loss became nan" in lines[0].lower(), proc.stderr
+    assert not (new / "finetune" / "done.json").exists()
+    assert (new / "prune" / "done.json").exists()  # the last good stage output is intact
