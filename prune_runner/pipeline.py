@@ -86,8 +86,7 @@ def build_state(cfg: RunConfig, run_dir: Path, console: Console, overrides: str)
                       world_size=dist.world_size, train_limit=d.train_limit)
     state = RunState(cfg=cfg, run_dir=run_dir, device=device, dist=dist, data=data, spec=get_method(cfg.method.name),
                      log=MetricsLog(run_dir, dist.is_main, cfg.logger), console=console, precision=precision,
-                     input_size=input_size)
-    state.overrides = overrides
+                     input_size=input_size, overrides=overrides)
     return state
 
 

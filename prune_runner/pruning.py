@@ -52,7 +52,7 @@ def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: MethodSpe
     return pruner
 
 
-def _grad_calibration(model: nn.Module, batches: Iterable) -> None:
+def grad_calibration(model: nn.Module, batches: Iterable) -> None:
     """Accumulate dL/dw over calibration batches (Taylor importance reads .grad)."""
     model.zero_grad(set_to_none=True)
     for x, y in batches:

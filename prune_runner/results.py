@@ -31,11 +31,10 @@ def build_results(state, final: dict, latency: dict | None) -> dict:
     cfg, records = state.cfg, state.records
     base = records["pretrain"]["metrics"]
     pruned = records["prune"]["metrics"]
-    overrides = getattr(state, "overrides", "")
     return {
         "run_dir": str(state.run_dir),
         "choices": {"dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name},
-        "overrides": overrides,
+        "overrides": state.overrides,
         "seed": cfg.seed,
         "base": {k: base[k] for k in ("acc", "macs", "params")},
         "pruned": {k: pruned[k] for k in ("acc", "macs", "params")},

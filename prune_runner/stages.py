@@ -15,7 +15,7 @@ from .distributed import barrier, wrap_ddp
 from .flops import MacCounter
 from .models import build_model
 from .progress import stage_progress
-from .pruning import ObdcCalibration, _grad_calibration, build_pruner, progressive_prune
+from .pruning import ObdcCalibration, build_pruner, grad_calibration, progressive_prune
 from .records import StageDir
 from .state import RunState
 from .train import evaluate, make_optimizer, make_scheduler, train_epoch
@@ -168,7 +168,7 @@ def prune(state: RunState, run: StageRun):
     if state.spec.calibration == "grad":
         def calibrate():
             model.eval()
-            _grad_calibration(model, calib)
+            grad_calibration(model, calib)
     elif state.spec.calibration == "obdc":
         obdc = ObdcCalibration(pruner, cfg.seed)
 

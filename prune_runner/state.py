@@ -35,6 +35,7 @@ class RunState:
     history: list = field(default_factory=list)  # torch-pruning pruning history of `model`
     pending: Optional[tuple] = None  # (checkpoint path, sha256) to load when a stage needs the model
     records: Dict[str, dict] = field(default_factory=dict)  # finished stage -> completion record
+    overrides: str = ""  # the key command-line overrides that name the run (for reports)
 
     @property
     def num_classes(self) -> int:

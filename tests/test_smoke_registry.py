@@ -11,7 +11,7 @@ from prune_runner.checkpoint import load_checkpoint, model_payload, rebuild_mode
 from prune_runner.flops import MacCounter
 from prune_runner.methods import get_method, list_methods
 from prune_runner.models import build_model, list_models
-from prune_runner.pruning import ObdcCalibration, _grad_calibration, build_pruner, progressive_prune
+from prune_runner.pruning import ObdcCalibration, build_pruner, grad_calibration, progressive_prune
 from prune_runner.regularizers import build_regularizer
 
 CIFAR_MODELS = list_models(family="cifar")
@@ -40,7 +40,7 @@ def test_model_method(model_name, method, tmp_path):
 
     calibrate = None
     if spec.calibration == "grad":
-        calibrate = lambda: _grad_calibration(model, [(x, y)])
+        calibrate = lambda: grad_calibration(model, [(x, y)])
     elif spec.calibration == "obdc":
         obdc = ObdcCalibration(pruner, seed=0)
         calibrate = lambda: obdc(model, [(x, y)])
