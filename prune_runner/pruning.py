@@ -122,8 +122,7 @@ class ObdcCalibration:
 
 
 def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: MacCounter, target: float, *,
-                      calibrate: Optional[Callable[[], None]] = None, describe: str = "model",
-                      on_step: Optional[Callable[[int, float], None]] = None) -> dict:
+                      calibrate: Optional[Callable[[], None]] = None, describe: str = "model") -> dict:
     """Small pruning steps until base MACs / current MACs >= target, or the step budget ends."""
     base_macs, base_params = counter.count(model)
     speed_up, step = 1.0, 0
@@ -133,8 +132,6 @@ def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: M
         pruner.step()
         macs, _ = counter.count(model)
         speed_up = base_macs / macs
-        if on_step is not None:
-            on_step(step, speed_up)
         if speed_up >= target:
             break
     model.zero_grad(set_to_none=True)

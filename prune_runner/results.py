@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .provenance import cpu_name
 
 
 def _latency_summary(latency: dict | None) -> dict | None:
@@ -47,7 +48,7 @@ def build_results(state, final: dict, latency: dict | None) -> dict:
         "latency": _latency_summary(latency),
         "provenance": {"torch": torch.__version__, "torch_pruning": importlib.metadata.version("torch-pruning"),
                        "prune_runner": __version__, "python": platform.python_version(),
-                       "device": str(state.device), "world_size": state.dist.world_size,
+                       "device": str(state.device), "cpu": cpu_name(), "world_size": state.dist.world_size,
                        "gpu": torch.cuda.get_device_name(state.device) if state.device.type == "cuda" else None},
     }
 

@@ -55,17 +55,32 @@ def make_scheduler(opt: torch.optim.Optimizer, sched: StageSchedule, steps_per_e
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(sched, s, steps_per_epoch))
 
 
+class _Tally:
+    """Loss and accuracy summed on the device: no host sync until `totals()`."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen = 0
+
+    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += loss_sum
+        self.correct += (logits.argmax(1) == y).sum()
+        self.seen += y.numel()
+
+    def totals(self) -> tuple[float, float]:
+        n = max(1, self.seen)
+        return self.loss_sum.item() / n, self.correct.item() / n
+
+
 def train_epoch(model: nn.Module, batches, opt, scheduler, device: torch.device, precision: Precision, *,
-                regularize: Optional[Callable[[], None]] = None,
-                on_step: Optional[Callable[[], None]] = None) -> dict:
+                regularize: Optional[Callable[[], None]] = None) -> dict:
     """One epoch: forward, loss.backward(), then the regularizer adds its gradients, then opt.step().
 
     Loss and accuracy are accumulated on the device; the only host sync is at the end.
     """
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    tally = _Tally(device)
     for x, y in batches:
         if precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -78,31 +93,24 @@ def train_epoch(model: nn.Module, batches, opt, scheduler, device: torch.device,
             regularize()
         opt.step()
         scheduler.step()
-        loss_sum += loss.detach() * y.numel()
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += y.numel()
-        if on_step is not None:
-            on_step()
-    loss_value = loss_sum.item() / max(1, seen)
+        tally.add(loss.detach() * y.numel(), logits.detach(), y)
+    loss_value, acc = tally.totals()
     if not math.isfinite(loss_value):
         raise DivergedError(f"training loss became {loss_value}; stopped (lower the lr or the reg coefficient)")
-    return {"loss": loss_value, "train_acc": correct.item() / max(1, seen), "lr": opt.param_groups[0]["lr"]}
+    return {"loss": loss_value, "train_acc": acc, "lr": opt.param_groups[0]["lr"]}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, device: torch.device, precision: Precision) -> dict:
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    tally = _Tally(device)
     for x, y in batches:
         if precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with precision.autocast(device):
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-        seen += y.numel()
+        tally.add(F.cross_entropy(logits.float(), y, reduction="sum"), logits, y)
     model.train(was_training)
-    return {"acc": correct.item() / max(1, seen), "loss": loss_sum.item() / max(1, seen)}
+    loss, acc = tally.totals()
+    return {"acc": acc, "loss": loss}

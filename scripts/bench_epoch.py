@@ -21,7 +21,6 @@ import argparse
 import copy
 import itertools
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ from prune_runner.data.base import DataOptions  # noqa: E402
 from prune_runner.data.loader_data import data_from_tensors  # noqa: E402
 from prune_runner.data.tensor_data import ImageTensors  # noqa: E402
 from prune_runner.models import build_model  # noqa: E402
+from prune_runner.provenance import cpu_name  # noqa: E402
 from prune_runner.train import Precision, make_optimizer, make_scheduler, train_epoch  # noqa: E402
 
 NUM_CLASSES = 10
@@ -54,14 +54,7 @@ CPU_LIMIT_STEPS = 20  # default timed steps per epoch on cpu, so a run takes a c
 
 
 def machine(device: torch.device) -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none used"
     return (f"machine: CPU {cpu}, {os.cpu_count()} cores ({usable} usable), torch {torch.__version__}, "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prune_runner.models import build_model, get_model_spec  # noqa: E402
 from prune_runner.models.pruning_hints import pruning_hints  # noqa: E402
+from prune_runner.provenance import cpu_name  # noqa: E402
 from prune_runner.regularizers import build_regularizer  # noqa: E402
 
 DEFAULT_MODELS = "resnet56,resnet18,vgg19_bn,mobilenet_v2,vit_b_16"
@@ -40,14 +40,7 @@ COEF = {"group_norm": 1e-4, "growing_reg": 1.0, "slim": 1e-5}  # coef=1: growing
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     threads = torch.get_num_threads()
     tp_version = importlib.metadata.version("torch-pruning")
