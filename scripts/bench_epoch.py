@@ -53,6 +53,16 @@ SCHEDULE = StageSchedule(lr=0.01, momentum=0.9, weight_decay=5e-4, lr_schedule="
 CPU_LIMIT_STEPS = 20  # default timed steps per epoch on cpu, so a run takes a couple of minutes
 
 
+def _after_first_step(batches, mark_first):
+    """Yield the batches; call `mark_first` once the first step is done (when the second batch is asked for)."""
+    for index, batch in enumerate(batches):
+        if index == 1 and mark_first is not None:
+            mark_first()
+        yield batch
+    if mark_first is not None:
+        mark_first()  # a single-step run (mark_first only records its first call)
+
+
 def machine(device: torch.device) -> str:
     cpu = cpu_name()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -207,8 +217,8 @@ class FastPath:
     def run(self, steps: int, mark_first=None):
         self.epoch += 1
         batches = itertools.islice(self.data.train_batches(self.args.batch, self.epoch, self.args.seed), steps)
-        train_epoch(self.model, batches, self.opt, self.scheduler, self.device, self.precision,
-                    on_step=mark_first)
+        train_epoch(self.model, _after_first_step(batches, mark_first), self.opt, self.scheduler, self.device,
+                    self.precision)
         return None
 
     def warm_up(self, images: int) -> None:
