@@ -1,0 +1,42 @@
+"""Per-epoch metrics: JSONL always, TensorBoard when asked (an optional dependency)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from prune_runner.errors import UserError
+from prune_runner.metrics_log import MetricsLog
+
+
+def test_jsonl_rows(tmp_path):
+    log = MetricsLog(tmp_path)
+    log.log("pretrain", 0, loss=1.5, val_acc=0.5)
+    log.log("pretrain", 1, loss=0.5, val_acc=0.9)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"], r["loss"]) for r in rows] == [("pretrain", 0, 1.5), ("pretrain", 1, 0.5)]
+
+
+def test_disabled_on_other_ranks(tmp_path):
+    MetricsLog(tmp_path, enabled=False).log("pretrain", 0, loss=1.0)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed")
+def test_tensorboard_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = MetricsLog(tmp_path, logger="tensorboard")
+    log.log("finetune", 0, loss=1.0, val_acc=0.5)
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"finetune/loss", "finetune/val_acc"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
+def test_tensorboard_missing_is_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"pip install 'prune-runner\[tensorboard\]'"):
+        MetricsLog(tmp_path, logger="tensorboard")
