@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,14 +27,3 @@ def run_cli(args, cwd: Path, timeout: float = 600, env: dict | None = None,
 
 def results_of(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "results.json").read_text())
-
-
-@pytest.fixture
-def cli(tmp_path):
-    """run_cli in a fresh folder with out_root inside it."""
-
-    def go(*args, timeout: float = 600, env=None):
-        return run_cli([*args, f"out_root={tmp_path / 'outputs'}"], cwd=tmp_path, timeout=timeout, env=env)
-
-    go.root = tmp_path
-    return go
