@@ -165,11 +165,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = Non
             continue
         if stage == "sparse_train" and not has_reg:
             prev = state.records["pretrain"]
-            skipped = {"stage": stage, "hash": stage_hash, "config": flat, "checkpoint": prev["checkpoint"],
-                       "sha256": prev["sha256"], "metrics": {**prev["metrics"], "skipped": "no regularizer"}}
-            if state.dist.is_main:
-                atomic_write_json(stage_dir.record_path, skipped)
-            state.records[stage] = skipped
+            metrics = {**prev["metrics"], "skipped": "no regularizer"}
+            state.records[stage] = stage_dir.pass_through(prev, flat, metrics, write=state.dist.is_main)
             state.say(f"{stage}: skipped ({cfg.method.name} has no regularizer)")
             continue
         state.records[stage] = _run_stage(state, stage, stage_dir, flat, stage_hash, cache)
@@ -203,9 +200,7 @@ def _run_stage(state: RunState, stage: str, stage_dir: StageDir, flat: dict, sta
     if state.dist.is_main:
         if payload is None:  # the stage's output is its input model (eval)
             upstream = state.records[STAGES[STAGES.index(stage) - 1]]
-            record = {"stage": stage, "hash": stage_hash, "config": flat, "checkpoint": upstream["checkpoint"],
-                      "sha256": upstream["sha256"], "metrics": metrics}
-            atomic_write_json(stage_dir.record_path, record)
+            record = stage_dir.pass_through(upstream, flat, metrics)
         else:
             record = stage_dir.finish(payload, flat, metrics)
         if cfg.cache:

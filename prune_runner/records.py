@@ -100,6 +100,14 @@ class StageDir:
         atomic_write_json(self.record_path, record)
         return record
 
+    def pass_through(self, upstream: dict, flat: dict, metrics: dict, write: bool = True) -> dict:
+        """Finish a stage whose output is its input model: the record points at the upstream checkpoint."""
+        record = {"stage": self.stage, "hash": config_hash(flat), "config": flat, "checkpoint": upstream["checkpoint"],
+                  "sha256": upstream["sha256"], "metrics": metrics}
+        if write:  # rank 0 only under DDP
+            atomic_write_json(self.record_path, record)
+        return record
+
     def clear(self) -> None:
         for f in list(self.path.glob("epoch_*")) + [self.record_path, self.checkpoint_path]:
             f.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -176,10 +177,8 @@ def prune(state: RunState, run: StageRun):
             model.eval()
             obdc(model, calib)
 
-    if state.spec.name == "random":
-        torch.manual_seed(cfg.seed)
-        import random
-        random.seed(cfg.seed)
+    random.seed(cfg.seed)  # random importance (and any other draw) picks the same channels on every rerun
+    torch.manual_seed(cfg.seed)
     result = progressive_prune(model, pruner, MacCounter(model, example), cfg.prune.speed_up, calibrate=calibrate,
                                describe=f"model {cfg.model.name} with method {cfg.method.name}")
     state.history = state.history + [tuple(h) for h in pruner.pruning_history()]
