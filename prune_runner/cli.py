@@ -147,13 +147,21 @@ def _app(dcfg: DictConfig) -> None:
             pass
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+
 def main() -> None:
     try:
         sys.argv[1:] = preflight(sys.argv[1:])
     except UserError as err:
         print(f"prune-run: error: {err}", file=sys.stderr)
         sys.exit(2)
-    _app()
+    try:
+        _app()
+    except KeyboardInterrupt:
+        print("prune-run: interrupted; finished stages and the last epoch checkpoint are kept: re-run the same "
+              "command to resume", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
     if FAILED:
         print(f"prune-run: {len(FAILED)} sweep job(s) failed:", file=sys.stderr)
         for line in FAILED:
