@@ -197,7 +197,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, console: Console, overrides: str,
             cache.remove_stale_temp()
     state.say(f"run dir: {run_dir}")
     if cfg.cache:
-        state.say(f"stage cache: {cache.root}")
+        state.say(f"stage cache: {cache.root.resolve()}")
     ran: list = []
     consumed: Optional[dict] = None  # the record whose model the next stage starts from
     config_written = False

@@ -386,3 +386,35 @@ def test_a_missing_base_checkpoint_is_one_line(tmp_path):
     cfg.base_checkpoint = str(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="base_checkpoint=.*nope.pt does not exist"):
         run_pipeline(cfg, tmp_path / "a")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+    """Only a subprocess shows the exit code and what reaches the terminal."""
+    import signal
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "a"
+    args = ["model=resnet20", "model.input_size=8", "device=cpu", "progress=false", "eval.latency=false",
+            "schedule=tiny", "schedule.pretrain.epochs=50", f"run_dir={run_dir}", f"out_root={tmp_path / 'out'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "prune_runner.cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run_dir / "pretrain" / "epoch_0000.json").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == ["prune-run: interrupted; finished stages and the last epoch checkpoint are kept: re-run the "
+                     "same command to resume"], err
+
+
+def test_a_resumed_stage_drops_the_rows_it_will_log_again(tmp_path):
+    log = MetricsLog(tmp_path)
+    for stage, epoch in (("pretrain", 0), ("finetune", 0), ("finetune", 1), ("finetune", 2)):
+        log.log(stage, epoch, loss=1.0)
+    log.drop_from("finetune", 1)  # resumed after epoch 0's checkpoint: epochs 1 and 2 run again
+    assert [(r["stage"], r["epoch"]) for r in log.rows()] == [("pretrain", 0), ("finetune", 0)]
