@@ -12,7 +12,7 @@ import torch_pruning as tp
 from .errors import UserError
 from .flops import MacCounter
 from .methods import MethodSpec
-from .models.pruning_hints import pruning_hints
+from .models.pruning_hints import pruning_hints, sync_after_pruning
 
 
 class PruningTargetError(UserError):
@@ -42,8 +42,9 @@ def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: MethodSpe
         ignored_layers=hints["ignored_layers"],
         num_heads=hints["num_heads"],
         unwrapped_parameters=hints.get("unwrapped_parameters"),
-        in_channel_groups={},
-        out_channel_groups={},
+        # the hints' fresh dicts: attention head counts as output groups keep every head the same width
+        in_channel_groups=hints["in_channel_groups"],
+        out_channel_groups=hints["out_channel_groups"],
         channel_groups={},
         head_pruning_ratio_dict=None,
         pruning_ratio_dict=None,
@@ -130,6 +131,7 @@ def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: M
         if calibrate is not None:
             calibrate()
         pruner.step()
+        sync_after_pruning(model)  # widths a model caches (ViT hidden_dim) before the next forward
         macs, _ = counter.count(model)
         speed_up = base_macs / macs
         if speed_up >= target:

@@ -114,7 +114,8 @@ def pretrain(state: RunState, run: StageRun):
         state.say(f"pretrain: loaded {cfg.base_checkpoint}")
     else:
         torch.manual_seed(cfg.seed)  # the same initial weights for every run of this seed
-        state.model = state.to_device(build_model(cfg.model.name, state.num_classes, cfg.model.pretrained))
+        state.model = state.to_device(build_model(cfg.model.name, state.num_classes, cfg.model.pretrained,
+                                                  input_size=state.input_size))
         state.history = []
         fit(state, run, cfg.schedule.pretrain)
     return measure(state, state.model), state.payload()

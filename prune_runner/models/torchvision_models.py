@@ -41,12 +41,25 @@ def _replace_class_heads(model: nn.Module, num_classes: int) -> None:
             setattr(parent, child_name, new.to(child.weight.device, child.weight.dtype))
 
 
-def build_torchvision_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Module:
+def _size_options(name: str, input_size: int | None, pretrained: bool) -> dict:
+    """Constructor options for a non-default input side: a ViT fixes its patch grid (and position
+    embedding length) when built, so model.input_size must reach its constructor."""
+    if input_size is None or not name.startswith("vit_"):
+        return {}
+    if pretrained and input_size != 224:
+        raise UserError(f"model.input_size={input_size} does not fit the pretrained weights of '{name}' "
+                        "(224 px); set model.input_size=224 or model.pretrained=false")
+    return {"image_size": input_size}
+
+
+def build_torchvision_model(name: str, num_classes: int, pretrained: bool = False,
+                            input_size: int | None = None) -> nn.Module:
+    options = _size_options(name, input_size, pretrained)
     if not pretrained:
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
     weights = torchvision.models.get_model_weights(name).DEFAULT
     try:
-        model = torchvision.models.get_model(name, weights=weights)
+        model = torchvision.models.get_model(name, weights=weights, **options)
     except Exception as err:  # network, cache or checksum failure: the user can avoid the download
         raise UserError(
             f"could not load pretrained weights {weights} for model '{name}' ({type(err).__name__}: {err}); "
@@ -66,8 +79,8 @@ def _default_input_size(name: str) -> int:
 
 
 def _torchvision_spec(name: str, input_size: int | None = None) -> ModelSpec:
-    def build(num_classes: int, pretrained: bool = False) -> nn.Module:
-        return build_torchvision_model(name, num_classes, pretrained)
+    def build(num_classes: int, pretrained: bool = False, input_size: int | None = None) -> nn.Module:
+        return build_torchvision_model(name, num_classes, pretrained, input_size)
 
     build.__name__ = name
     size = input_size if input_size is not None else _default_input_size(name)
