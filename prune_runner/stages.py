@@ -220,7 +220,6 @@ def finetune(state: RunState, run: StageRun):
 
 
 def evaluate_stage(state: RunState, run: StageRun):
-    from .latency import measure_latency
     from .results import build_results, print_results
 
     cfg = state.cfg
@@ -228,13 +227,16 @@ def evaluate_stage(state: RunState, run: StageRun):
     final = measure(state, model)
     latency = None
     if cfg.eval.latency:
+        from .latency import MAX_SPREAD, compare_latency
+
         base_model, _ = state.load(Path(state.records["pretrain"]["checkpoint"]),
                                    state.records["pretrain"]["sha256"])
         shape = (3, state.input_size, state.input_size)
         sizes = (1, cfg.eval.latency_batch)
-        latency = {"device": state.device.type, "batch_sizes": list(sizes),
-                   "base": measure_latency(base_model, shape, state.device, sizes, repeats=cfg.eval.latency_repeats),
-                   "final": measure_latency(model, shape, state.device, sizes, repeats=cfg.eval.latency_repeats)}
+        # base and final forwards alternate within one measurement: a load that changes meanwhile hits both
+        latency = {"device": state.device.type, "batch_sizes": list(sizes), "max_spread": MAX_SPREAD,
+                   "compare": compare_latency(base_model, model, shape, state.device, sizes,
+                                              repeats=cfg.eval.latency_repeats)}
         del base_model
     results = build_results(state, final, latency)
     if cfg.export:
