@@ -123,8 +123,10 @@ class ObdcCalibration:
 
 
 def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: MacCounter, target: float, *,
-                      calibrate: Optional[Callable[[], None]] = None, describe: str = "model") -> dict:
-    """Small pruning steps until base MACs / current MACs >= target, or the step budget ends."""
+                      calibrate: Optional[Callable[[], None]] = None, describe: str = "model",
+                      on_step: Optional[Callable[[int, int, float], None]] = None) -> dict:
+    """Small pruning steps until base MACs / current MACs >= target, or the step budget ends.
+    `on_step(step, budget, speed_up)` is called after every step (progress lines)."""
     base_macs, base_params = counter.count(model)
     speed_up, step = 1.0, 0
     for step in range(1, pruner.iterative_steps + 1):
@@ -134,6 +136,8 @@ def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: M
         sync_after_pruning(model)  # widths a model caches (ViT hidden_dim) before the next forward
         macs, _ = counter.count(model)
         speed_up = base_macs / macs
+        if on_step is not None:
+            on_step(step, pruner.iterative_steps, speed_up)
         if speed_up >= target:
             break
     model.zero_grad(set_to_none=True)

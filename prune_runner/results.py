@@ -32,6 +32,21 @@ def _latency_summary(latency: dict | None) -> dict | None:
     return out
 
 
+def chance_threshold(num_classes: int) -> float:
+    """Top-1 accuracy below which a model has learned (next to) nothing: twice chance, and for few
+    classes at most halfway from chance to perfect (2 classes: 0.75)."""
+    chance = 1.0 / num_classes
+    return min(2 * chance, (1 + chance) / 2)
+
+
+def chance_warning(acc: float, num_classes: int, what: str, hint: str) -> str | None:
+    """One line when `acc` is at chance level, else None."""
+    if acc >= chance_threshold(num_classes):
+        return None
+    return (f"warning: {what} accuracy {100 * acc:.1f}% is at chance level ({100 / num_classes:.1f}% for "
+            f"{num_classes} classes): the model did not learn; {hint}")
+
+
 def build_results(state, final: dict, latency: dict | None) -> dict:
     cfg, records = state.cfg, state.records
     base = records["pretrain"]["metrics"]

@@ -53,6 +53,31 @@ def measure(state: RunState, model) -> dict:
     return {"acc": metrics["acc"], "eval_loss": metrics["loss"], "macs": int(macs), "params": int(params)}
 
 
+def warn_if_chance(state: RunState, acc: float, what: str) -> None:
+    """A run that ends (or starts) at chance accuracy says so, with the likeliest fix."""
+    from .models.torchvision_models import get_model_spec
+    from .results import chance_threshold, chance_warning
+
+    cfg = state.cfg
+    base = state.records.get("pretrain", {}).get("metrics", {}).get("acc")
+    if what == "final" and base is not None and base >= chance_threshold(state.num_classes):
+        hint = "the base model had learned, so pruning lost it: lower prune.speed_up or raise schedule.finetune.epochs"
+    elif (cfg.dataset.name == "digits" and not cfg.model.pretrained
+          and get_model_spec(cfg.model.name).family == "torchvision"):
+        hint = DIGITS_TORCHVISION_HINT
+    else:
+        hint = (f"check schedule.pretrain (lr {cfg.schedule.pretrain.lr}, {cfg.schedule.pretrain.epochs} epochs) "
+                "and the data")
+    text = chance_warning(acc, state.num_classes, what, hint)
+    if text is not None:
+        state.say(f"[yellow]{text}[/yellow]")
+
+
+# ImageNet architectures from scratch on 1,437 upscaled 8x8 digits: what makes them learn (measured
+# with scripts/digits_torchvision.py, numbers in BENCHMARKS.md)
+DIGITS_TORCHVISION_HINT = "ImageNet models from scratch rarely learn from the digits dataset; try a CIFAR model (model=resnet20)"
+
+
 def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
         coef: Callable[[int], float] = lambda epoch: 0.0, on_epoch_end: Optional[Callable[[], None]] = None) -> dict:
     """Train `state.model` for `sched.epochs`, saving an epoch checkpoint after each epoch."""
@@ -118,7 +143,9 @@ def pretrain(state: RunState, run: StageRun):
                                                   input_size=state.input_size))
         state.history = []
         fit(state, run, cfg.schedule.pretrain)
-    return measure(state, state.model), state.payload()
+    metrics = measure(state, state.model)
+    warn_if_chance(state, metrics["acc"], "base")
+    return metrics, state.payload()
 
 
 def _pruner(state: RunState):
@@ -180,8 +207,11 @@ def prune(state: RunState, run: StageRun):
 
     random.seed(cfg.seed)  # random importance (and any other draw) picks the same channels on every rerun
     torch.manual_seed(cfg.seed)
+    def on_step(step: int, budget: int, speed_up: float) -> None:
+        state.say(f"prune step {step}/{budget}: MACs speed-up {speed_up:.3f}x, target {cfg.prune.speed_up}x")
+
     result = progressive_prune(model, pruner, MacCounter(model, example), cfg.prune.speed_up, calibrate=calibrate,
-                               describe=f"model {cfg.model.name} with method {cfg.method.name}")
+                               describe=f"model {cfg.model.name} with method {cfg.method.name}", on_step=on_step)
     state.history = state.history + [tuple(h) for h in pruner.pruning_history()]
     state.model = state.to_device(model)  # pruned layers are new Parameters: keep device and memory format
     metrics = measure(state, state.model)
@@ -225,6 +255,7 @@ def evaluate_stage(state: RunState, run: StageRun):
     cfg = state.cfg
     model = state.ensure_model(run.name)
     final = measure(state, model)
+    warn_if_chance(state, final["acc"], "final")
     latency = None
     if cfg.eval.latency:
         from .latency import MAX_SPREAD, compare_latency

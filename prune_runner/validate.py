@@ -26,10 +26,13 @@ def validate(cfg: RunConfig) -> None:
     from .methods import METHODS, NORMALIZERS
     from .models.torchvision_models import get_model_spec
 
-    get_model_spec(cfg.model.name)  # raises UnknownChoiceError naming the choices
+    from .models.support import check_supported
+
+    spec = get_model_spec(cfg.model.name)  # raises UnknownChoiceError naming the choices, or "not supported"
     if cfg.dataset.name not in list_datasets():
         raise UnknownChoiceError("dataset", cfg.dataset.name, list_datasets())
     METHODS.get(cfg.method.name)
+    check_supported(cfg.model.name, cfg.method.name, spec.family)
     m = cfg.method
     if m.normalizer is not None and m.normalizer not in NORMALIZERS:
         raise UnknownChoiceError("method.normalizer", m.normalizer, NORMALIZERS)

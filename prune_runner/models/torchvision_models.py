@@ -18,9 +18,14 @@ import torchvision
 
 from ..errors import UnknownChoiceError, UserError
 from . import MODELS, ModelSpec
+from .support import ModelNotSupportedError, model_unsupported_reason
 
 IMAGENET_CLASSES = 1000
 EXPLICIT_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "vit_b_16")
+
+# constructor options per model: GoogLeNet and Inception-v3 return (logits, aux logits) in training
+# mode; the runner trains and prunes the main classifier only, so their auxiliary heads are left out
+BUILD_OPTIONS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
 
 
 def torchvision_model_names() -> List[str]:
@@ -54,7 +59,7 @@ def _size_options(name: str, input_size: int | None, pretrained: bool) -> dict:
 
 def build_torchvision_model(name: str, num_classes: int, pretrained: bool = False,
                             input_size: int | None = None) -> nn.Module:
-    options = _size_options(name, input_size, pretrained)
+    options = {**BUILD_OPTIONS.get(name, {}), **_size_options(name, input_size, pretrained)}
     if not pretrained:
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
     weights = torchvision.models.get_model_weights(name).DEFAULT
@@ -96,5 +101,8 @@ def get_model_spec(name: str) -> ModelSpec:
         return MODELS.get(name)
     available = torchvision_model_names()
     if name in available:
+        reason = model_unsupported_reason(name)
+        if reason is not None:
+            raise ModelNotSupportedError(f"model '{name}' is not supported: {reason}")
         return _torchvision_spec(name)
     raise UnknownChoiceError("model", name, set(MODELS.names()) | set(available))
