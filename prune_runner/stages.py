@@ -10,6 +10,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from .bn_stats import recalibrate_slow_batchnorms, slow_batchnorms
 from .checkpoint import atomic_write_json
 from .config import STAGES, StageSchedule
 from .distributed import barrier, wrap_ddp
@@ -100,6 +101,7 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
         torch._dynamo.reset()  # the model may have changed shape since the last compile (pruning)
         train_model = torch.compile(train_model)
     data_seed = cfg.seed * 7919 + STAGES.index(run.name)  # distinct shuffles per stage, fixed per seed
+    slow_bn = bool(slow_batchnorms(model))
     last: dict = {}
     with stage_progress(state.console, cfg.progress and state.dist.is_main, run.name, sched.epochs, start) as bar:
         for epoch in range(start, sched.epochs):
@@ -116,6 +118,9 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
                                regularize=reg_fn)
             if on_epoch_end is not None:
                 on_epoch_end()
+            if slow_bn:  # their running statistics (momentum 0.01) lag far behind in a short schedule
+                recalibrate_slow_batchnorms(model, data.train_batches(sched.batch_size, epoch, data_seed),
+                                            state.precision, state.device)
             val = evaluate(model, data.eval_batches(EVAL_BATCH), state.device, state.precision)
             last.update(val_acc=val["acc"], val_loss=val["loss"])
             if regularizer is not None:
