@@ -48,7 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=20, help="timed samples per model (eval.latency_repeats)")
+    ap.add_argument("--repeats", type=int, default=40, help="timed samples per model (eval.latency_repeats)")
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1), help="busy processes of the load")
     ap.add_argument("--period", type=float, default=None,

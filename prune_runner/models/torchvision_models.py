@@ -26,6 +26,8 @@ EXPLICIT_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "vit_b_16")
 # constructor options per model: GoogLeNet and Inception-v3 return (logits, aux logits) in training
 # mode; the runner trains and prunes the main classifier only, so their auxiliary heads are left out
 BUILD_OPTIONS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
+# without weights, the same two warn that their default init will change: keep today's, say so
+SCRATCH_OPTIONS = {"googlenet": {"init_weights": True}, "inception_v3": {"init_weights": True}}
 
 
 def torchvision_model_names() -> List[str]:
@@ -61,6 +63,7 @@ def build_torchvision_model(name: str, num_classes: int, pretrained: bool = Fals
                             input_size: int | None = None) -> nn.Module:
     options = {**BUILD_OPTIONS.get(name, {}), **_size_options(name, input_size, pretrained)}
     if not pretrained:
+        options.update(SCRATCH_OPTIONS.get(name, {}))
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
     weights = torchvision.models.get_model_weights(name).DEFAULT
     try:
