@@ -99,3 +99,12 @@ def test_sweep_with_cfg_job_prints_every_job(tmp_path):
     assert "# sweep job 1/2: method=l1 model=resnet20" in proc.stdout
     assert "# sweep job 2/2: method=group_norm model=resnet20" in proc.stdout
     assert proc.stdout.count("name: resnet20") == 2
+
+
+def test_a_torchvision_model_at_chance_on_digits_is_told_the_fix(tmp_path):
+    cfg = tiny_config(tmp_path, "mobilenet_v3_small", "l1")
+    cfg.model.input_size, cfg.schedule.pretrain.epochs, cfg.stages = 32, 0, ["pretrain"]
+    out = io.StringIO()
+    run_pipeline(cfg, tmp_path / "run", console=Console(file=out, width=400))
+    text = " ".join(out.getvalue().split())
+    assert "warning: base accuracy" in text and "model=resnet20" in text and "model.pretrained=true" in text
