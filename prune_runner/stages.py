@@ -213,6 +213,7 @@ def prune(state: RunState, run: StageRun):
 
     random.seed(cfg.seed)  # random importance (and any other draw) picks the same channels on every rerun
     torch.manual_seed(cfg.seed)
+
     def on_step(step: int, budget: int, speed_up: float) -> None:
         state.say(f"prune step {step}/{budget}: MACs speed-up {speed_up:.3f}x, target {cfg.prune.speed_up}x")
 

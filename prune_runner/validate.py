@@ -24,9 +24,8 @@ def _non_negative(name: str, value: float) -> None:
 def validate(cfg: RunConfig) -> None:
     from .data import list_datasets
     from .methods import METHODS, NORMALIZERS
-    from .models.torchvision_models import get_model_spec
-
     from .models.support import check_supported
+    from .models.torchvision_models import get_model_spec
 
     spec = get_model_spec(cfg.model.name)  # raises UnknownChoiceError naming the choices, or "not supported"
     if cfg.dataset.name not in list_datasets():

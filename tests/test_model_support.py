@@ -33,6 +33,7 @@ def test_an_unsupported_model_is_one_line_at_the_command_line():
 ])
 def test_an_unsupported_pair_is_refused_before_anything_runs(tmp_path, model, method, reason):
     cfg = tiny_config(tmp_path, model, method)
-    with pytest.raises(ModelNotSupportedError, match=f"model {model} with method {method} is not supported: .*{reason}"):
+    expected = f"model {model} with method {method} is not supported: .*{reason}"
+    with pytest.raises(ModelNotSupportedError, match=expected):
         run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()

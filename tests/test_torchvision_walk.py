@@ -24,8 +24,8 @@ from prune_runner.models.support import (
     LINEAR_ON_TOKENS,
     NO_BATCHNORM,
     ModelNotSupportedError,
-    name_matches,
     model_unsupported_reason,
+    name_matches,
 )
 from prune_runner.models.torchvision_models import get_model_spec, torchvision_model_names
 from prune_runner.pruning import build_pruner, progressive_prune
