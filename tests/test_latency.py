@@ -99,3 +99,16 @@ def test_results_table_and_json_show_the_spread_and_flag_noise():
     text = out.getvalue()
     assert "batch 1: 2.00x [1.90-2.10]," in text and "batch 8: 1.50x [0.90-2.40] NOISY" in text
     assert "rerun on an idle machine" in text
+
+
+def test_report_marks_a_noisy_latency():
+    from prune_runner.report import aggregate, format_row
+
+    run = {"run_dir": "r", "choices": {"dataset": "digits", "model": "resnet20", "method": "l1"}, "seed": 0,
+           "base": {"acc": 0.9, "macs": 2e6, "params": 2e5}, "final": {"acc": 0.9, "macs": 1e6, "params": 1e5},
+           "speed_up": 2.0, "target_speed_up": 2.0, "params_ratio": 0.5,
+           "latency": {"device": "cpu", "batch_sizes": [1, 64], "speed_up": {"1": 1.1, "64": 1.6},
+                       "noisy": {"1": False, "64": True}}}
+    assert any("1.60x (bs 64, cpu) NOISY (1 run(s))" in cell for cell in format_row(aggregate([run])[0]))
+    run["latency"]["noisy"]["64"] = False
+    assert not any("NOISY" in cell for cell in format_row(aggregate([run])[0]))

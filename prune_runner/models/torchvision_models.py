@@ -26,7 +26,7 @@ EXPLICIT_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "vit_b_16")
 # constructor options per model: GoogLeNet and Inception-v3 return (logits, aux logits) in training
 # mode; the runner trains and prunes the main classifier only, so their auxiliary heads are left out
 BUILD_OPTIONS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
-# without weights, the same two warn that their default init will change: keep today's, say so
+# without weights, the same two warn that their default init will change: today's default, given explicitly
 SCRATCH_OPTIONS = {"googlenet": {"init_weights": True}, "inception_v3": {"init_weights": True}}
 
 
