@@ -153,14 +153,20 @@ def rebuild_model(ckpt: dict, path: Path | str = "checkpoint", expect_model: Opt
         raise CheckpointError(f"checkpoint {path} holds model '{name}', not '{expect_model}'")
     if expect_classes is not None and classes != expect_classes:
         raise CheckpointError(f"checkpoint {path} has {classes} classes, the dataset has {expect_classes}")
-    model = build_model(name, classes)
+    model = build_model(name, classes, input_size=ckpt.get("input_size"))
     history = [tuple(h) for h in ckpt.get("pruning_history", [])]
     if history:
         import torch_pruning as tp
 
+        from .models.pruning_hints import pruning_hints, sync_after_pruning
+
         size = ckpt["input_size"]
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, 3, size, size))
+        # the same unwrapped parameters as at pruning time (ViT's class token and position embedding)
+        unwrapped = pruning_hints(model, classes)["unwrapped_parameters"]
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, 3, size, size),
+                                                      unwrapped_parameters=unwrapped)
         graph.load_pruning_history(history)
+        sync_after_pruning(model)
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:

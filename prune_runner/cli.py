@@ -8,6 +8,7 @@ instead of a traceback.
 from __future__ import annotations
 
 import gc
+import itertools
 import sys
 from importlib import resources
 from pathlib import Path
@@ -109,8 +110,8 @@ def _is_torchvision(name: str) -> bool:
     from .models.torchvision_models import get_model_spec
 
     try:
-        return get_model_spec(name).family == "torchvision"
-    except UserError:
+        return get_model_spec(name).family == "torchvision"  # a model it cannot prune: one line, now
+    except UnknownChoiceError:
         return False
 
 
@@ -150,9 +151,40 @@ def _app(dcfg: DictConfig) -> None:
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
-def main() -> None:
+def sweep_jobs(argv: List[str]) -> List[List[str]]:
+    """The argv of every job of a `-m` sweep: sweep values (a,b / range) expanded, -m dropped."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    words = [a for a in argv if not a.startswith("-") and "=" in a]
+    rest = [a for a in argv if a not in words and a not in ("-m", "--multirun")]
     try:
-        sys.argv[1:] = preflight(sys.argv[1:])
+        parsed = OverridesParser.create().parse_overrides(words)
+    except Exception as err:
+        raise UserError(f"cannot parse overrides: {str(err).strip().splitlines()[0]}") from None
+    choices = []
+    for word, override in zip(words, parsed):
+        key = word.split("=", 1)[0]
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else None
+        choices.append([f"{key}={v}" for v in values] if values is not None else [word])
+    return [[*job, *rest] for job in itertools.product(*choices)]
+
+
+def _print_sweep_configs(argv: List[str]) -> None:
+    """Hydra refuses `-m` with `--cfg`; print the config of each job of the sweep instead."""
+    jobs = sweep_jobs(argv)
+    for i, job in enumerate(jobs, 1):
+        print(f"# sweep job {i}/{len(jobs)}: {' '.join(a for a in job if '=' in a)}", flush=True)
+        sys.argv[1:] = preflight(job)
+        _app()
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    try:
+        if {"-m", "--multirun"} & set(argv) and {"--cfg", "-c"} & set(argv):
+            _print_sweep_configs(argv)
+            return
+        sys.argv[1:] = preflight(argv)
     except UserError as err:
         print(f"prune-run: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -12,7 +12,7 @@ import torch_pruning as tp
 from .errors import UserError
 from .flops import MacCounter
 from .methods import MethodSpec
-from .models.pruning_hints import pruning_hints
+from .models.pruning_hints import pruning_hints, sync_after_pruning
 
 
 class PruningTargetError(UserError):
@@ -42,8 +42,9 @@ def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: MethodSpe
         ignored_layers=hints["ignored_layers"],
         num_heads=hints["num_heads"],
         unwrapped_parameters=hints.get("unwrapped_parameters"),
-        in_channel_groups={},
-        out_channel_groups={},
+        # the hints' fresh dicts: attention head counts as output groups keep every head the same width
+        in_channel_groups=hints["in_channel_groups"],
+        out_channel_groups=hints["out_channel_groups"],
         channel_groups={},
         head_pruning_ratio_dict=None,
         pruning_ratio_dict=None,
@@ -122,8 +123,10 @@ class ObdcCalibration:
 
 
 def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: MacCounter, target: float, *,
-                      calibrate: Optional[Callable[[], None]] = None, describe: str = "model") -> dict:
-    """Small pruning steps until base MACs / current MACs >= target, or the step budget ends."""
+                      calibrate: Optional[Callable[[], None]] = None, describe: str = "model",
+                      on_step: Optional[Callable[[int, int, float], None]] = None) -> dict:
+    """Small pruning steps until base MACs / current MACs >= target, or the step budget ends.
+    `on_step(step, budget, speed_up)` is called after every step (progress lines)."""
     base_macs, base_params = counter.count(model)
     speed_up, step = 1.0, 0
     if target <= 1.0:  # nothing to remove: the unpruned model already meets the target
@@ -133,8 +136,11 @@ def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: M
         if calibrate is not None:
             calibrate()
         pruner.step()
+        sync_after_pruning(model)  # widths a model caches (ViT hidden_dim) before the next forward
         macs, _ = counter.count(model)
         speed_up = base_macs / macs
+        if on_step is not None:
+            on_step(step, pruner.iterative_steps, speed_up)
         if speed_up >= target:
             break
     model.zero_grad(set_to_none=True)

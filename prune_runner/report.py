@@ -107,8 +107,8 @@ def load_reference(path: str | os.PathLike | None = None) -> list[dict]:
 # --- aggregation -------------------------------------------------------------------------------------
 
 
-def _latency_at_largest_batch(run: dict) -> tuple[int, float, str] | None:
-    """(batch size, latency speed-up, device) at the run's largest measured batch, or None."""
+def _latency_at_largest_batch(run: dict) -> tuple[int, float, str, bool] | None:
+    """(batch size, latency speed-up, device, noisy) at the run's largest measured batch, or None."""
     latency = run.get("latency")
     if not latency or not latency.get("speed_up"):
         return None
@@ -116,7 +116,8 @@ def _latency_at_largest_batch(run: dict) -> tuple[int, float, str] | None:
     if not speed_ups:
         return None
     batch = max(speed_ups)
-    return batch, speed_ups[batch], str(latency.get("device", "?"))
+    noisy = bool((latency.get("noisy") or {}).get(str(batch)))  # spread too wide to trust (interleaved runs)
+    return batch, speed_ups[batch], str(latency.get("device", "?")), noisy
 
 
 def _group_key(run: dict) -> tuple[str, str, str, str]:
@@ -147,6 +148,7 @@ def _aggregate_group(key: tuple[str, str, str, str], runs: list[dict]) -> dict:
         "latency_speed_up": Stat.of(lat[1] for lat in at_batch),
         "latency_batch": batch,
         "latency_device": ",".join(sorted({lat[2] for lat in at_batch})) or None,
+        "latency_noisy": sum(lat[3] for lat in at_batch),  # runs whose latency spread was too wide
         "params_ratio": Stat.of(params),
         "run_dirs": [r["run_dir"] for r in runs],
     }
@@ -175,7 +177,10 @@ def _fmt_seeds(row: dict) -> str:
 def _fmt_latency(row: dict) -> str:
     if row["latency_speed_up"] is None:
         return "-"
-    return f"{row['latency_speed_up'].format(unit='x')} (bs {row['latency_batch']}, {row['latency_device']})"
+    text = f"{row['latency_speed_up'].format(unit='x')} (bs {row['latency_batch']}, {row['latency_device']})"
+    if row.get("latency_noisy"):
+        text += f" NOISY ({row['latency_noisy']} run(s))"
+    return text
 
 
 # (header, cell formatter); the same columns in report.md and the console table.
@@ -251,7 +256,8 @@ def render_markdown(
         (
             "Accuracy: top-1 on the test split, mean ± sample std over seeds (std only with several seeds). "
             "Δ acc = final − base in percentage points. MACs speed-up = base MACs / final MACs. "
-            "Latency speed-up: base / final latency at the largest measured batch size. "
+            "Latency speed-up: median base / final latency ratio of interleaved repetitions at the largest measured "
+            "batch size; NOISY marks a ratio whose interquartile range is too wide to trust (a busy machine). "
             "Params ratio = final params / base params."
         ),
         "",

@@ -14,18 +14,37 @@ from .provenance import cpu_name
 
 
 def _latency_summary(latency: dict | None) -> dict | None:
+    """Per batch size (string keys): medians in ms, the median base/final ratio of interleaved
+    repetitions as `speed_up`, its interquartile range and whether that range is too wide to trust."""
     if not latency:
         return None
-    out = {"device": latency["device"], "batch_sizes": latency["batch_sizes"], "base": {}, "final": {},
-           "speed_up": {}}
+    out = {"device": latency["device"], "batch_sizes": latency["batch_sizes"], "method": "interleaved",
+           "max_spread": latency["max_spread"], "base": {}, "final": {}, "speed_up": {}, "speed_up_iqr": {},
+           "spread": {}, "noisy": {}}
     for bs in latency["batch_sizes"]:
-        key = str(bs)
-        base, final = (latency[which][bs] for which in ("base", "final"))
-        out["base"][key] = {"ms": base["ms_per_batch"], "ms_per_image": base["ms_per_image"]}
-        out["final"][key] = final = {"ms": final["ms_per_batch"], "ms_per_image": final["ms_per_image"]}
-        base = out["base"][key]
-        out["speed_up"][key] = base["ms"] / final["ms"] if final["ms"] > 0 else None
+        key, m = str(bs), latency["compare"][bs]
+        out["base"][key] = {"ms": m["base_ms"], "ms_per_image": m["base_ms"] / bs}
+        out["final"][key] = {"ms": m["final_ms"], "ms_per_image": m["final_ms"] / bs}
+        out["speed_up"][key] = m["ratio"]
+        out["speed_up_iqr"][key] = [m["ratio_q1"], m["ratio_q3"]]
+        out["spread"][key] = m["spread"]
+        out["noisy"][key] = bool(m["noisy"])
     return out
+
+
+def chance_threshold(num_classes: int) -> float:
+    """Top-1 accuracy below which a model has learned (next to) nothing: twice chance, and for few
+    classes at most halfway from chance to perfect (2 classes: 0.75)."""
+    chance = 1.0 / num_classes
+    return min(2 * chance, (1 + chance) / 2)
+
+
+def chance_warning(acc: float, num_classes: int, what: str, hint: str) -> str | None:
+    """One line when `acc` is at chance level, else None."""
+    if acc >= chance_threshold(num_classes):
+        return None
+    return (f"warning: {what} accuracy {100 * acc:.1f}% is at chance level ({100 / num_classes:.1f}% for "
+            f"{num_classes} classes): the model did not learn; {hint}")
 
 
 def build_results(state, final: dict, latency: dict | None) -> dict:
@@ -67,6 +86,19 @@ def print_results(console: Console, r: dict) -> None:
             f"(target {r['target_speed_up']}x), params x{r['params_ratio']:.3f}")
     lat = r.get("latency")
     if lat:
-        parts = [f"batch {bs}: {lat['speed_up'][str(bs)]:.2f}x" for bs in lat["batch_sizes"]]
-        line += f"; measured latency speed-up ({lat['device']}) " + ", ".join(parts)
+        parts = [_latency_part(lat, str(bs)) for bs in lat["batch_sizes"]]
+        line += f"; measured latency speed-up ({lat['device']}, median, IQR) " + ", ".join(parts)
     console.print(line)
+    if lat and any(lat.get("noisy", {}).values()):
+        console.print(f"[yellow]latency: a spread marked NOISY is wider than {100 * lat['max_spread']:.0f}% of its "
+                      "median: the machine was busy; rerun on an idle machine or raise eval.latency_repeats[/yellow]")
+
+
+def _latency_part(lat: dict, key: str) -> str:
+    text = f"batch {key}: {lat['speed_up'][key]:.2f}x"
+    iqr = lat.get("speed_up_iqr", {}).get(key)
+    if iqr:  # results.json of older runs have no spread
+        text += f" [{iqr[0]:.2f}-{iqr[1]:.2f}]"
+    if lat.get("noisy", {}).get(key):
+        text += " NOISY"
+    return text

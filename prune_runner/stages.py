@@ -10,6 +10,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from .bn_stats import recalibrate_slow_batchnorms, slow_batchnorms
 from .checkpoint import atomic_write_json
 from .config import STAGES, StageSchedule
 from .distributed import barrier, wrap_ddp
@@ -53,6 +54,32 @@ def measure(state: RunState, model) -> dict:
     return {"acc": metrics["acc"], "eval_loss": metrics["loss"], "macs": int(macs), "params": int(params)}
 
 
+def warn_if_chance(state: RunState, acc: float, what: str) -> None:
+    """A run that ends (or starts) at chance accuracy says so, with the likeliest fix."""
+    from .models.torchvision_models import get_model_spec
+    from .results import chance_threshold, chance_warning
+
+    cfg = state.cfg
+    base = state.records.get("pretrain", {}).get("metrics", {}).get("acc")
+    if what == "final" and base is not None and base >= chance_threshold(state.num_classes):
+        hint = "the base model had learned, so pruning lost it: lower prune.speed_up or raise schedule.finetune.epochs"
+    elif (cfg.dataset.name == "digits" and not cfg.model.pretrained
+          and get_model_spec(cfg.model.name).family == "torchvision"):
+        hint = DIGITS_TORCHVISION_HINT
+    else:
+        hint = (f"check schedule.pretrain (lr {cfg.schedule.pretrain.lr}, {cfg.schedule.pretrain.epochs} epochs) "
+                "and the data")
+    text = chance_warning(acc, state.num_classes, what, hint)
+    if text is not None:
+        state.say(f"[yellow]{text}[/yellow]")
+
+
+# an ImageNet architecture trained from scratch on 1,437 upscaled 8x8 digits (scripts/bench_digits_torchvision.py)
+DIGITS_TORCHVISION_HINT = ("ImageNet architectures trained from scratch on the 1,437 digits images can stay there; "
+                           "the CIFAR models learn them in schedule=demo (model=resnet20), or start from "
+                           "ImageNet weights (model.pretrained=true)")
+
+
 def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
         coef: Callable[[int], float] = lambda epoch: 0.0, on_epoch_end: Optional[Callable[[], None]] = None) -> dict:
     """Train `state.model` for `sched.epochs`, saving an epoch checkpoint after each epoch."""
@@ -75,6 +102,7 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
         torch._dynamo.reset()  # the model may have changed shape since the last compile (pruning)
         train_model = torch.compile(train_model)
     data_seed = cfg.seed * 7919 + STAGES.index(run.name)  # distinct shuffles per stage, fixed per seed
+    slow_bn = bool(slow_batchnorms(model))
     last: dict = {}
     with stage_progress(state.console, cfg.progress and state.dist.is_main, run.name, sched.epochs, start) as bar:
         for epoch in range(start, sched.epochs):
@@ -91,6 +119,9 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
                                regularize=reg_fn)
             if on_epoch_end is not None:
                 on_epoch_end()
+            if slow_bn:  # their running statistics (momentum 0.01) lag far behind in a short schedule
+                recalibrate_slow_batchnorms(model, data.train_batches(sched.batch_size, epoch, data_seed),
+                                            state.precision, state.device)
             val = evaluate(model, data.eval_batches(EVAL_BATCH), state.device, state.precision)
             last.update(val_acc=val["acc"], val_loss=val["loss"])
             if regularizer is not None:
@@ -114,10 +145,13 @@ def pretrain(state: RunState, run: StageRun):
         state.say(f"pretrain: loaded {cfg.base_checkpoint}")
     else:
         torch.manual_seed(cfg.seed)  # the same initial weights for every run of this seed
-        state.model = state.to_device(build_model(cfg.model.name, state.num_classes, cfg.model.pretrained))
+        state.model = state.to_device(build_model(cfg.model.name, state.num_classes, cfg.model.pretrained,
+                                                  input_size=state.input_size))
         state.history = []
         fit(state, run, cfg.schedule.pretrain)
-    return measure(state, state.model), state.payload()
+    metrics = measure(state, state.model)
+    warn_if_chance(state, metrics["acc"], "base")
+    return metrics, state.payload()
 
 
 def _pruner(state: RunState):
@@ -179,8 +213,12 @@ def prune(state: RunState, run: StageRun):
 
     random.seed(cfg.seed)  # random importance (and any other draw) picks the same channels on every rerun
     torch.manual_seed(cfg.seed)
+
+    def on_step(step: int, budget: int, speed_up: float) -> None:
+        state.say(f"prune step {step}/{budget}: MACs speed-up {speed_up:.3f}x, target {cfg.prune.speed_up}x")
+
     result = progressive_prune(model, pruner, MacCounter(model, example), cfg.prune.speed_up, calibrate=calibrate,
-                               describe=f"model {cfg.model.name} with method {cfg.method.name}")
+                               describe=f"model {cfg.model.name} with method {cfg.method.name}", on_step=on_step)
     state.history = state.history + [tuple(h) for h in pruner.pruning_history()]
     state.model = state.to_device(model)  # pruned layers are new Parameters: keep device and memory format
     metrics = measure(state, state.model)
@@ -219,21 +257,24 @@ def finetune(state: RunState, run: StageRun):
 
 
 def evaluate_stage(state: RunState, run: StageRun):
-    from .latency import measure_latency
     from .results import build_results, print_results
 
     cfg = state.cfg
     model = state.ensure_model(run.name)
     final = measure(state, model)
+    warn_if_chance(state, final["acc"], "final")
     latency = None
     if cfg.eval.latency:
+        from .latency import MAX_SPREAD, compare_latency
+
         base_model, _ = state.load(Path(state.records["pretrain"]["checkpoint"]),
                                    state.records["pretrain"]["sha256"])
         shape = (3, state.input_size, state.input_size)
         sizes = (1, cfg.eval.latency_batch)
-        latency = {"device": state.device.type, "batch_sizes": list(sizes),
-                   "base": measure_latency(base_model, shape, state.device, sizes, repeats=cfg.eval.latency_repeats),
-                   "final": measure_latency(model, shape, state.device, sizes, repeats=cfg.eval.latency_repeats)}
+        # base and final forwards alternate within one measurement: a load that changes meanwhile hits both
+        latency = {"device": state.device.type, "batch_sizes": list(sizes), "max_spread": MAX_SPREAD,
+                   "compare": compare_latency(base_model, model, shape, state.device, sizes,
+                                              repeats=cfg.eval.latency_repeats)}
         del base_model
     results = build_results(state, final, latency)
     if cfg.export:

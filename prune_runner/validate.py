@@ -24,12 +24,14 @@ def _non_negative(name: str, value: float) -> None:
 def validate(cfg: RunConfig) -> None:
     from .data import list_datasets
     from .methods import METHODS, NORMALIZERS
+    from .models.support import check_supported
     from .models.torchvision_models import get_model_spec
 
-    get_model_spec(cfg.model.name)  # raises UnknownChoiceError naming the choices
+    spec = get_model_spec(cfg.model.name)  # raises UnknownChoiceError naming the choices, or "not supported"
     if cfg.dataset.name not in list_datasets():
         raise UnknownChoiceError("dataset", cfg.dataset.name, list_datasets())
     METHODS.get(cfg.method.name)
+    check_supported(cfg.model.name, cfg.method.name, spec.family)
     m = cfg.method
     if m.normalizer is not None and m.normalizer not in NORMALIZERS:
         raise UnknownChoiceError("method.normalizer", m.normalizer, NORMALIZERS)

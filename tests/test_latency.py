@@ -1,11 +1,14 @@
-"""measure_latency: structure of the result and the model's state afterwards (no timing asserts)."""
+"""measure_latency and compare_latency: structure, the model's state afterwards, and (with a fake
+clock) what a load that changes during the measurement does to each."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
-from prune_runner.latency import measure_latency
+from prune_runner import latency
+from prune_runner.latency import MAX_SPREAD, compare_latency, measure_latency
 
 
 def test_measure_latency_reports_positive_medians_per_batch_size():
@@ -19,3 +22,93 @@ def test_measure_latency_reports_positive_medians_per_batch_size():
         assert abs(row["ms_per_image"] - row["ms_per_batch"] / batch) < 1e-9
     assert model.training and model[1].training  # training flags restored
     assert torch.equal(model[1].running_mean, torch.zeros(4))  # ran in eval mode: stats untouched
+
+
+def _pair():
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 6 * 6, 2)).train()
+    final = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).train()
+    return base, final
+
+
+def test_compare_latency_reports_median_ratio_with_its_spread():
+    base, final = _pair()
+    result = compare_latency(base, final, (3, 8, 8), "cpu", batch_sizes=(1, 4), warmup=1, repeats=5)
+    assert sorted(result) == [1, 4]
+    for row in result.values():
+        assert row["base_ms"] > 0 and row["final_ms"] > 0
+        assert row["ratio_q1"] <= row["ratio"] <= row["ratio_q3"]
+        assert row["spread"] == pytest.approx((row["ratio_q3"] - row["ratio_q1"]) / row["ratio"])
+        assert row["noisy"] == (row["spread"] > MAX_SPREAD)
+    assert base.training and final[1].training  # training flags restored
+    assert torch.equal(base[1].running_mean, torch.zeros(8))  # ran in eval mode
+
+
+def _loaded_clock(monkeypatch, slow_calls: int):
+    """Every forward sample takes 1 ms, except the first `slow_calls`, taken under a 3x load."""
+    calls = {"n": 0}
+
+    def sample(model, x, inner):
+        calls["n"] += 1
+        return 3.0 if calls["n"] <= slow_calls else 1.0
+
+    monkeypatch.setattr(latency, "_sample_ms", sample)
+    monkeypatch.setattr(latency, "_inner_count", lambda model, x, warmup: 1)
+
+
+def test_a_load_that_ends_midway_is_no_speed_up_when_interleaved(monkeypatch):
+    """Two equally fast models; the machine is busy for the first 20 samples, then idle."""
+    base, final = _pair()
+    _loaded_clock(monkeypatch, slow_calls=20)
+    sequential = (measure_latency(base, (3, 8, 8), "cpu", (1,), repeats=20)[1]["ms_per_batch"]
+                  / measure_latency(final, (3, 8, 8), "cpu", (1,), repeats=20)[1]["ms_per_batch"])
+    assert sequential == 3.0  # what timing them one after the other reports
+    _loaded_clock(monkeypatch, slow_calls=20)
+    row = compare_latency(base, final, (3, 8, 8), "cpu", (1,), repeats=20)[1]
+    assert row["ratio"] == 1.0 and not row["noisy"]
+
+
+def test_a_load_that_flickers_is_flagged_noisy(monkeypatch):
+    base, final = _pair()
+    times = iter([1.0, 1.0, 3.0, 1.0, 1.0, 3.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0] * 10)
+    monkeypatch.setattr(latency, "_sample_ms", lambda model, x, inner: next(times))
+    monkeypatch.setattr(latency, "_inner_count", lambda model, x, warmup: 1)
+    row = compare_latency(base, final, (3, 8, 8), "cpu", (1,), repeats=12)[1]
+    assert row["noisy"] and row["spread"] > MAX_SPREAD
+
+
+def test_results_table_and_json_show_the_spread_and_flag_noise():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from prune_runner.results import _latency_summary, print_results
+
+    compare = {1: {"base_ms": 2.0, "final_ms": 1.0, "ratio": 2.0, "ratio_q1": 1.9, "ratio_q3": 2.1,
+                   "spread": 0.1, "noisy": False},
+               8: {"base_ms": 9.0, "final_ms": 6.0, "ratio": 1.5, "ratio_q1": 0.9, "ratio_q3": 2.4,
+                   "spread": 1.0, "noisy": True}}
+    lat = _latency_summary({"device": "cpu", "batch_sizes": [1, 8], "max_spread": MAX_SPREAD, "compare": compare})
+    assert lat["speed_up"] == {"1": 2.0, "8": 1.5} and lat["noisy"] == {"1": False, "8": True}
+    assert lat["speed_up_iqr"]["8"] == [0.9, 2.4] and lat["method"] == "interleaved"
+    r = {"choices": {"model": "m", "method": "l1", "dataset": "digits"}, "seed": 0, "acc_delta": 0.0,
+         "speed_up": 2.0, "target_speed_up": 2.0, "params_ratio": 0.5, "latency": lat,
+         **{k: {"acc": 0.9, "macs": 1e6, "params": 1e5} for k in ("base", "pruned", "final")}}
+    out = StringIO()
+    print_results(Console(file=out, width=300), r)
+    text = out.getvalue()
+    assert "batch 1: 2.00x [1.90-2.10]," in text and "batch 8: 1.50x [0.90-2.40] NOISY" in text
+    assert "rerun on an idle machine" in text
+
+
+def test_report_marks_a_noisy_latency():
+    from prune_runner.report import aggregate, format_row
+
+    run = {"run_dir": "r", "choices": {"dataset": "digits", "model": "resnet20", "method": "l1"}, "seed": 0,
+           "base": {"acc": 0.9, "macs": 2e6, "params": 2e5}, "final": {"acc": 0.9, "macs": 1e6, "params": 1e5},
+           "speed_up": 2.0, "target_speed_up": 2.0, "params_ratio": 0.5,
+           "latency": {"device": "cpu", "batch_sizes": [1, 64], "speed_up": {"1": 1.1, "64": 1.6},
+                       "noisy": {"1": False, "64": True}}}
+    assert any("1.60x (bs 64, cpu) NOISY (1 run(s))" in cell for cell in format_row(aggregate([run])[0]))
+    run["latency"]["noisy"]["64"] = False
+    assert not any("NOISY" in cell for cell in format_row(aggregate([run])[0]))

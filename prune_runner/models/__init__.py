@@ -44,5 +44,9 @@ def list_models(family: str | None = None) -> List[str]:
     return [n for n in MODELS.names() if family is None or MODELS.get(n).family == family]
 
 
-def build_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Module:
-    return get_model_spec(name).builder(num_classes, pretrained=pretrained)
+def build_model(name: str, num_classes: int, pretrained: bool = False, input_size: int | None = None) -> nn.Module:
+    """`input_size` (pixels) reaches only torchvision builders: a ViT fixes its patch grid at build time."""
+    spec = get_model_spec(name)
+    if spec.family == "torchvision":
+        return spec.builder(num_classes, pretrained=pretrained, input_size=input_size)
+    return spec.builder(num_classes, pretrained=pretrained)

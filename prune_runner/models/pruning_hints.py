@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Tuple
 
 import torch.nn as nn
+from torchvision.models.convnext import CNBlock
 from torchvision.models.vision_transformer import VisionTransformer
 
 
@@ -28,12 +29,18 @@ def _classifier_layers(model: nn.Module, num_classes: int) -> List[nn.Module]:
     return heads
 
 
-def _vit_unwrapped_parameters(model: nn.Module) -> List[Tuple[nn.Parameter, int]]:
-    """torchvision ViT's class token (1, 1, D) and position embedding (1, L, D) live outside any
-    prunable layer; their dim 2 is the hidden width pruned together with conv_proj."""
-    if not isinstance(model, VisionTransformer):
-        return []
-    return [(model.class_token, 2), (model.encoder.pos_embedding, 2)]
+def _unwrapped_parameters(model: nn.Module) -> List[Tuple[nn.Parameter, int]]:
+    """Parameters outside any prunable layer, with the dim that follows the pruned channels:
+    torchvision ViT's class token (1, 1, D) and position embedding (1, L, D): dim 2, the hidden
+    width; ConvNeXt's per-block layer scale (C, 1, 1): dim 0. Named here, the library need not
+    guess (and warn about each)."""
+    found: List[Tuple[nn.Parameter, int]] = []
+    for m in model.modules():
+        if isinstance(m, VisionTransformer):
+            found += [(m.class_token, 2), (m.encoder.pos_embedding, 2)]
+        elif isinstance(m, CNBlock):
+            found.append((m.layer_scale, 0))
+    return found
 
 
 def pruning_hints(model: nn.Module, num_classes: int) -> Dict[str, Any]:
@@ -41,7 +48,7 @@ def pruning_hints(model: nn.Module, num_classes: int) -> Dict[str, Any]:
     below), out_channel_groups (attention head counts), in_channel_groups (empty),
     unwrapped_parameters (None when there are none) and round_to (None)."""
     heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
-    unwrapped = _vit_unwrapped_parameters(model)
+    unwrapped = _unwrapped_parameters(model)
     return {
         "ignored_layers": _classifier_layers(model, num_classes),
         # torch-pruning 1.6 skips the whole hidden-width group of a torchvision ViT when its

@@ -18,9 +18,16 @@ import torchvision
 
 from ..errors import UnknownChoiceError, UserError
 from . import MODELS, ModelSpec
+from .support import ModelNotSupportedError, model_unsupported_reason
 
 IMAGENET_CLASSES = 1000
 EXPLICIT_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "vit_b_16")
+
+# constructor options per model: GoogLeNet and Inception-v3 return (logits, aux logits) in training
+# mode; the runner trains and prunes the main classifier only, so their auxiliary heads are left out
+BUILD_OPTIONS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
+# without weights, the same two warn that their default init will change: today's default, given explicitly
+SCRATCH_OPTIONS = {"googlenet": {"init_weights": True}, "inception_v3": {"init_weights": True}}
 
 
 def torchvision_model_names() -> List[str]:
@@ -41,12 +48,26 @@ def _replace_class_heads(model: nn.Module, num_classes: int) -> None:
             setattr(parent, child_name, new.to(child.weight.device, child.weight.dtype))
 
 
-def build_torchvision_model(name: str, num_classes: int, pretrained: bool = False) -> nn.Module:
+def _size_options(name: str, input_size: int | None, pretrained: bool) -> dict:
+    """Constructor options for a non-default input side: a ViT fixes its patch grid (and position
+    embedding length) when built, so model.input_size must reach its constructor."""
+    if input_size is None or not name.startswith("vit_"):
+        return {}
+    if pretrained and input_size != 224:
+        raise UserError(f"model.input_size={input_size} does not fit the pretrained weights of '{name}' "
+                        "(224 px); set model.input_size=224 or model.pretrained=false")
+    return {"image_size": input_size}
+
+
+def build_torchvision_model(name: str, num_classes: int, pretrained: bool = False,
+                            input_size: int | None = None) -> nn.Module:
+    options = {**BUILD_OPTIONS.get(name, {}), **_size_options(name, input_size, pretrained)}
     if not pretrained:
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        options.update(SCRATCH_OPTIONS.get(name, {}))
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
     weights = torchvision.models.get_model_weights(name).DEFAULT
     try:
-        model = torchvision.models.get_model(name, weights=weights)
+        model = torchvision.models.get_model(name, weights=weights, **options)
     except Exception as err:  # network, cache or checksum failure: the user can avoid the download
         raise UserError(
             f"could not load pretrained weights {weights} for model '{name}' ({type(err).__name__}: {err}); "
@@ -66,8 +87,8 @@ def _default_input_size(name: str) -> int:
 
 
 def _torchvision_spec(name: str, input_size: int | None = None) -> ModelSpec:
-    def build(num_classes: int, pretrained: bool = False) -> nn.Module:
-        return build_torchvision_model(name, num_classes, pretrained)
+    def build(num_classes: int, pretrained: bool = False, input_size: int | None = None) -> nn.Module:
+        return build_torchvision_model(name, num_classes, pretrained, input_size)
 
     build.__name__ = name
     size = input_size if input_size is not None else _default_input_size(name)
@@ -83,5 +104,8 @@ def get_model_spec(name: str) -> ModelSpec:
         return MODELS.get(name)
     available = torchvision_model_names()
     if name in available:
+        reason = model_unsupported_reason(name)
+        if reason is not None:
+            raise ModelNotSupportedError(f"model '{name}' is not supported: {reason}")
         return _torchvision_spec(name)
     raise UnknownChoiceError("model", name, set(MODELS.names()) | set(available))

@@ -1,0 +1,55 @@
+"""Re-estimating slow BatchNorm statistics after an epoch ("precise BN").
+
+torchvision's MobileNetV3 and EfficientNets build their BatchNorm layers with momentum 0.01,
+tuned for ImageNet's ~5,000 steps per epoch. In a short schedule (digits: 23 steps per epoch)
+their running statistics stay near their initial values (after 138 steps, 25% of the start is
+left), so a network that fits its training data (89% train accuracy) evaluates at chance. After
+each training epoch, those layers' running statistics are recomputed as plain averages over
+training batches. Layers with a faster momentum (>= 0.1, every CIFAR model here) are left alone.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Iterable, List
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+SLOW_MOMENTUM = 0.1  # BatchNorm layers with a smaller running-average momentum get recalibrated
+CALIB_BATCHES = 50  # training batches averaged per recalibration, at most
+
+
+def slow_batchnorms(model: nn.Module) -> List[_BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats
+            and m.momentum is not None and m.momentum < SLOW_MOMENTUM]
+
+
+@torch.no_grad()
+def recalibrate_slow_batchnorms(model: nn.Module, batches: Iterable, precision, device: torch.device) -> int:
+    """Recompute the running statistics of the slow BatchNorm layers; returns how many were."""
+    slow = slow_batchnorms(model)
+    if not slow:
+        return 0
+    all_bn = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    saved = {m: m.momentum for m in all_bn}
+    was_training = model.training
+    for m in all_bn:
+        if m in slow:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        else:
+            m.momentum = 0.0  # train-mode forwards leave the other layers' statistics unchanged
+    model.train()
+    try:
+        for x, _ in islice(batches, CALIB_BATCHES):
+            if precision.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with precision.autocast(device):
+                model(x)
+    finally:
+        for m, momentum in saved.items():
+            m.momentum = momentum
+        model.train(was_training)
+    return len(slow)

@@ -1,0 +1,64 @@
+"""Which torchvision classification models, and which model x method pairs, this project cannot run.
+
+Each entry is refused with one line, "not supported: <reason>", before anything is trained.
+Keys are name prefixes of `torchvision.models.list_models(module=torchvision.models)`.
+`tests/test_torchvision_walk.py` (slow) builds every torchvision classification model, prunes it,
+and checks these tables against the models themselves, so an entry cannot go stale silently.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ..errors import UserError
+
+# models torch-pruning 1.6.1 cannot take apart
+NOT_SUPPORTED = {
+    "shufflenet_v2_": "its channel shuffle (view, transpose, view) crashes torch-pruning 1.6.1's dependency graph "
+                      "(ZeroDivisionError in its reshape index mapping)",
+    "swin_": "torch-pruning 1.6.1's dependency search does not finish on its shifted-window attention "
+             "(no result after 5 minutes for swin_t on a CPU)",
+    "maxvit_": "torch-pruning 1.6.1's dependency search does not finish on its block and grid attention "
+               "(no result after 10 minutes for maxvit_t on a busy 2-core CPU)",
+}
+
+# torchvision families without a single BatchNorm layer: BN-scale importance has nothing to score
+NO_BATCHNORM = ("alexnet", "convnext_", "squeezenet", "vit_", "vgg11", "vgg13", "vgg16", "vgg19")
+# torchvision families whose Linear layers see token or pixel tensors (more than 2-D): torch-pruning
+# 1.6.1's OBDC Fisher handles 2-D Linear inputs only ("Tensors must have same number of dimensions")
+LINEAR_ON_TOKENS = ("convnext_", "vit_")
+
+METHODS_NEEDING_BATCHNORM = ("slim", "group_slim")
+METHODS_NEEDING_2D_LINEAR = ("obdc",)
+
+
+class ModelNotSupportedError(UserError):
+    """A model, or a model x method pair, this project cannot prune."""
+
+
+def name_matches(name: str, prefixes) -> bool:
+    # the bare VGG names must not match their _bn variants (which have BatchNorm)
+    return any(name == p or (p.endswith("_") or p in ("alexnet", "squeezenet")) and name.startswith(p)
+               for p in prefixes)
+
+
+def model_unsupported_reason(name: str) -> Optional[str]:
+    return next((why for prefix, why in NOT_SUPPORTED.items() if name.startswith(prefix)), None)
+
+
+def method_unsupported_reason(model: str, method: str) -> Optional[str]:
+    if method in METHODS_NEEDING_BATCHNORM and name_matches(model, NO_BATCHNORM):
+        return f"'{model}' has no BatchNorm layers, whose scales method {method} scores; use l1, l2 or group_norm"
+    if method in METHODS_NEEDING_2D_LINEAR and name_matches(model, LINEAR_ON_TOKENS):
+        return (f"'{model}' applies Linear layers to token tensors, and torch-pruning 1.6.1's {method} Fisher "
+                "handles 2-D Linear inputs only; use taylor, l1, l2 or group_norm")
+    return None
+
+
+def check_supported(model: str, method: str, family: str) -> None:
+    """Raise the one-line "not supported" error for a torchvision model x method this project cannot run."""
+    if family != "torchvision":
+        return  # the CIFAR models are smoke-tested with every method
+    reason = method_unsupported_reason(model, method)
+    if reason is not None:
+        raise ModelNotSupportedError(f"model {model} with method {method} is not supported: {reason}")
