@@ -18,9 +18,10 @@ from .checkpoint import atomic_write_json, read_json
 from .config import STAGES, RunConfig
 from .distributed import DistInfo, barrier, init_distributed, shutdown
 from .errors import UserError
+from .method_defaults import resolve_method_defaults
 from .methods import get_method
 from .metrics_log import MetricsLog
-from .records import StageCache, StageDir, config_hash, differing_keys, stage_config
+from .records import StageCache, StageDir, config_hash, differing_keys, stage_config, teacher_key
 from .results import print_results
 from .stages import MAIN_ONLY, STAGE_FNS, StageRun
 from .state import RunState
@@ -93,15 +94,19 @@ def build_state(cfg: RunConfig, run_dir: Path, console: Console, overrides: str)
 def _plan(cfg: RunConfig, run_dir: Path, has_reg: bool, upstream: dict, first: int) -> list:
     """(stage, action, flat config, record) for every stage; action: upstream | done | run | not selected."""
     plan = []
+    known = dict(upstream)  # records this run will use, as far as the plan can tell (for the KD teacher)
     for stage in STAGES:
         if stage in upstream:
             plan.append((stage, "upstream", None, upstream[stage]))
             continue
         flat = stage_config(cfg, stage, has_reg, first_stage=STAGES[min(first, len(STAGES) - 1)],
                             upstream_hash=upstream[STAGES[first - 1]]["hash"] if upstream else None)
+        if stage == "finetune":
+            flat.update(teacher_key(cfg, known))
         record = StageDir(run_dir, stage).record()
         if record is not None and record.get("hash") == config_hash(flat):
             action = "done"
+            known[stage] = record
         elif record is not None and cfg.resume != "overwrite":
             keys = differing_keys(record.get("config", {}), flat)
             raise UserError(f"{stage} in {run_dir} was finished with another config (differs in: {', '.join(keys)}); "
@@ -124,6 +129,7 @@ def _report_architecture(state: RunState) -> None:
 
 def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = None, overrides: str = "") -> dict:
     """Run (or resume) every configured stage in `run_dir`; returns the completion records."""
+    cfg = resolve_method_defaults(cfg)  # before hashing: the stage hash sees the value that is used
     validate(cfg)
     console = console or Console(soft_wrap=True)  # long paths stay on one line in logs
     run_dir = Path(run_dir)
@@ -152,6 +158,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = Non
             continue
         if action == "not selected":
             continue
+        if stage == "finetune":
+            flat.update(teacher_key(cfg, state.records))  # the teacher stage has finished by now
         stage_hash = config_hash(flat)
         if state.dist.is_main and record is not None:
             stage_dir.clear()  # resume=overwrite and a changed config: redo this stage

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 from .checkpoint import atomic_write_json, load_checkpoint, read_json, save_checkpoint
 from .config import STAGES, RunConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, UserError
 
 # Config keys each stage depends on (its own; upstream keys are chained in by the hash).
 STAGE_KEYS: Dict[str, List[str]] = {
@@ -62,6 +62,24 @@ def stage_config(cfg: RunConfig, stage: str, has_regularizer: bool, first_stage:
         for key in STAGE_KEYS[name]:
             _flatten(key, _select(plain, key), flat)
     return flat
+
+
+def teacher_record(records: Dict[str, dict]) -> dict:
+    """The unpruned model that fine-tuning distills from: sparse_train's output, else pretrain's."""
+    for stage in ("sparse_train", "pretrain"):
+        if records.get(stage) is not None:
+            return records[stage]
+    raise UserError("distillation needs the unpruned model, but neither sparse_train nor pretrain has a "
+                          "record in this run; add them to stages=[...] or use resume_from=<run_dir>/<stage>")
+
+
+def teacher_key(cfg: RunConfig, records: Dict[str, dict]) -> dict:
+    """The finetune stage's hash entry for its teacher when distilling: the teacher checkpoint's SHA-256
+    (None while the teacher stage has not finished; the entry is filled in before fine-tuning runs)."""
+    if cfg.schedule.finetune.distill.alpha <= 0:
+        return {}
+    known = [records.get(s) for s in ("sparse_train", "pretrain") if records.get(s) is not None]
+    return {"finetune.distill.teacher_sha256": known[0]["sha256"] if known else None}
 
 
 def config_hash(flat: dict) -> str:

@@ -10,6 +10,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from .bn_recal import batches_for, recalibrate_bn
 from .checkpoint import atomic_write_json
 from .config import STAGES, StageSchedule
 from .distributed import barrier, wrap_ddp
@@ -17,7 +18,8 @@ from .flops import MacCounter
 from .models import build_model
 from .progress import stage_progress
 from .pruning import ObdcCalibration, build_pruner, grad_calibration, progressive_prune
-from .records import StageDir
+from .records import StageDir, teacher_record
+from .regularizers import SMALL_NORM
 from .state import RunState
 from .train import evaluate, make_optimizer, make_scheduler, train_epoch
 
@@ -54,7 +56,8 @@ def measure(state: RunState, model) -> dict:
 
 
 def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
-        coef: Callable[[int], float] = lambda epoch: 0.0, on_epoch_end: Optional[Callable[[], None]] = None) -> dict:
+        coef: Callable[[int], float] = lambda epoch: 0.0, on_epoch_end: Optional[Callable[[], None]] = None,
+        criterion: Optional[Callable] = None) -> dict:
     """Train `state.model` for `sched.epochs`, saving an epoch checkpoint after each epoch."""
     model, cfg, data = state.model, state.cfg, state.data
     opt = make_optimizer(model, sched)
@@ -88,7 +91,7 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
 
             batches = bar.steps(data.train_batches(sched.batch_size, epoch, data_seed), steps)
             last = train_epoch(train_model, batches, opt, scheduler, state.device, state.precision,
-                               regularize=reg_fn)
+                               regularize=reg_fn, criterion=criterion)
             if on_epoch_end is not None:
                 on_epoch_end()
             val = evaluate(model, data.eval_batches(EVAL_BATCH), state.device, state.precision)
@@ -149,8 +152,26 @@ def sparse_train(state: RunState, run: StageRun):
     per_epoch = getattr(regularizer, "update_reg", None) if m.reg_update_every == 0 else None
     fit(state, run, cfg.schedule.sparse_train, regularizer, coef, on_epoch_end=per_epoch)
     metrics = measure(state, state.model)
-    metrics.update({f"reg_{k}": v for k, v in regularizer.stats().items()})
+    stats = regularizer.stats()
+    metrics.update({f"reg_{k}": v for k, v in stats.items()})
+    state.say(f"sparse_train: {100 * stats['frac_below_1e-2']:.1f}% of {stats['channels']} channels have a group "
+              f"L2 norm below {SMALL_NORM:g} (the mass pruning can remove at no cost)")
+    warning = weak_sparsity_warning(stats["frac_below_1e-2"], m.reg)
+    if warning:
+        state.say(f"[yellow]{warning}[/yellow]")
     return metrics, state.payload()
+
+
+WEAK_SPARSITY = 0.05  # below this fraction of channels near zero, sparse training did almost nothing
+
+
+def weak_sparsity_warning(frac_below: float, reg: float) -> str | None:
+    """One line when sparse training left almost no channel near zero, with a stronger coefficient to try."""
+    if frac_below >= WEAK_SPARSITY:
+        return None
+    return (f"warning: sparse training left only {100 * frac_below:.1f}% of channels with a group L2 norm below "
+            f"{SMALL_NORM:g}, so pruning will cut live channels; try a stronger method.reg={10 * reg:.3g} "
+            f"(now {reg:g}) or more schedule.sparse_train.epochs")
 
 
 def regularizer_options(m) -> dict:
@@ -184,8 +205,19 @@ def prune(state: RunState, run: StageRun):
     state.history = state.history + [tuple(h) for h in pruner.pruning_history()]
     state.model = state.to_device(model)  # pruned layers are new Parameters: keep device and memory format
     metrics = measure(state, state.model)
+    acc_line = f"acc before fine-tuning {metrics['acc']:.4f}"
+    if cfg.prune.bn_recalibration_batches > 0:
+        stale = metrics
+        batches = batches_for(state.data, cfg.schedule.finetune.batch_size, cfg.prune.bn_recalibration_batches,
+                              seed=cfg.seed * 7919 + len(STAGES))  # a stream no training stage draws
+        used = recalibrate_bn(state.model, batches, state.device, state.precision)
+        metrics = measure(state, state.model)
+        metrics.update(acc_before_bn_recal=stale["acc"], eval_loss_before_bn_recal=stale["eval_loss"],
+                       bn_recal_batches=used)
+        acc_line = (f"acc before fine-tuning {metrics['acc']:.4f} after BN recalibration on {used} batches "
+                    f"({stale['acc']:.4f} without)")
     state.say(f"prune: {result['steps']} steps, MACs {result['base_macs'] / 1e6:.2f}M -> {metrics['macs'] / 1e6:.2f}M "
-              f"({result['speed_up']:.2f}x), acc before fine-tuning {metrics['acc']:.4f}")
+              f"({result['speed_up']:.2f}x), {acc_line}")
     metrics.update(steps=result["steps"], speed_up=result["speed_up"])
     return metrics, state.payload()
 
@@ -213,8 +245,19 @@ def _plot_importance(state: RunState, pruner) -> None:
 
 
 def finetune(state: RunState, run: StageRun):
+    from .distill import Distiller
+
     state.ensure_model(run.name)
-    fit(state, run, state.cfg.schedule.finetune)
+    sched = state.cfg.schedule.finetune
+    criterion = None
+    if sched.distill.alpha > 0:
+        record = teacher_record(state.records)  # loaded once per stage, on every rank (resume included)
+        teacher, _ = state.load(Path(record["checkpoint"]), record["sha256"])
+        criterion = Distiller(teacher, sched.distill.alpha, sched.distill.temperature)
+        state.say(f"finetune: distilling from {record['checkpoint']} (alpha {sched.distill.alpha}, "
+                  f"temperature {sched.distill.temperature})")
+    fit(state, run, sched, criterion=criterion)
+    del criterion  # frees the teacher before evaluation
     return measure(state, state.model), state.payload()
 
 
