@@ -11,7 +11,7 @@ import torch.nn as nn
 from prune_runner.bn_recal import batches_for, recalibrate_bn
 from prune_runner.data import build_data
 from prune_runner.models import build_model
-from prune_runner.train import Precision, evaluate
+from prune_runner.train import Precision
 
 CPU = torch.device("cpu")
 FP32 = Precision(amp=False, channels_last=False)
