@@ -84,6 +84,10 @@ class PruneConfig:
     # training batches (of schedule.finetune.batch_size) that re-estimate the BatchNorm statistics after
     # the last pruning step, before the accuracy before fine-tuning is measured; 0 = off
     bn_recalibration_batches: int = 50
+    # before fine-tuning, filters that feed a BatchNorm: live ones to unit norm, dead ones exactly to zero
+    # (output-preserving): sparse training shrinks the survivors, SGD's effective lr on such a filter is
+    # lr / |w|^2, and dead channels would come back as noise (see bn_recal.restore_weight_scale)
+    restore_weight_scale: bool = True
 
 
 @dataclass

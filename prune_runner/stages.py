@@ -10,7 +10,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .bn_recal import batches_for, recalibrate_bn
+from .bn_recal import batches_for, recalibrate_bn, restore_weight_scale
 from .checkpoint import atomic_write_json
 from .config import STAGES, StageSchedule
 from .distributed import barrier, wrap_ddp
@@ -204,18 +204,21 @@ def prune(state: RunState, run: StageRun):
                                describe=f"model {cfg.model.name} with method {cfg.method.name}")
     state.history = state.history + [tuple(h) for h in pruner.pruning_history()]
     state.model = state.to_device(model)  # pruned layers are new Parameters: keep device and memory format
-    metrics = measure(state, state.model)
-    acc_line = f"acc before fine-tuning {metrics['acc']:.4f}"
-    if cfg.prune.bn_recalibration_batches > 0:
-        stale = metrics
+    stale = measure(state, state.model) if cfg.prune.bn_recalibration_batches > 0 else None
+    if stale is not None:
         batches = batches_for(state.data, cfg.schedule.finetune.batch_size, cfg.prune.bn_recalibration_batches,
                               seed=cfg.seed * 7919 + len(STAGES))  # a stream no training stage draws
         used = recalibrate_bn(state.model, batches, state.device, state.precision)
-        metrics = measure(state, state.model)
+    settled = restore_weight_scale(state.model, example) if cfg.prune.restore_weight_scale else None
+    metrics = measure(state, state.model)
+    acc_line = f"acc before fine-tuning {metrics['acc']:.4f}"
+    if stale is not None:
         metrics.update(acc_before_bn_recal=stale["acc"], eval_loss_before_bn_recal=stale["eval_loss"],
                        bn_recal_batches=used)
-        acc_line = (f"acc before fine-tuning {metrics['acc']:.4f} after BN recalibration on {used} batches "
-                    f"({stale['acc']:.4f} without)")
+        acc_line += f" after BN recalibration on {used} batches ({stale['acc']:.4f} without)"
+    if settled is not None:
+        metrics.update(rescaled_filters=settled["rescaled"], zeroed_filters=settled["zeroed"])
+        acc_line += f"; {settled['rescaled']} live filters rescaled to unit norm, {settled['zeroed']} dead ones zeroed"
     state.say(f"prune: {result['steps']} steps, MACs {result['base_macs'] / 1e6:.2f}M -> {metrics['macs'] / 1e6:.2f}M "
               f"({result['speed_up']:.2f}x), {acc_line}")
     metrics.update(steps=result["steps"], speed_up=result["speed_up"])
