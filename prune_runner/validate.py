@@ -34,7 +34,8 @@ def validate(cfg: RunConfig) -> None:
     if m.normalizer is not None and m.normalizer not in NORMALIZERS:
         raise UnknownChoiceError("method.normalizer", m.normalizer, NORMALIZERS)
     for key in ("reg", "alpha", "delta_reg"):
-        _non_negative(f"method.{key}", getattr(m, key))
+        if getattr(m, key) is not None:  # None: the method's default for the schedule (method_defaults.py)
+            _non_negative(f"method.{key}", getattr(m, key))
     for key in ("reg_warmup", "reg_update_every", "calib_batches"):
         _non_negative(f"method.{key}", getattr(m, key))
     for stage in ("pretrain", "sparse_train", "finetune"):

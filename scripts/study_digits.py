@@ -73,17 +73,10 @@ def run(out: Path, name: str, overrides: dict) -> dict:
     return records
 
 
-def grid(models, seeds):
-    for model in models:
-        for seed in seeds:
-            for method in METHODS:
-                for speed_up in SPEED_UPS:
-                    yield model, seed, method, speed_up
-
-
-def run_all(out: Path, models, seeds) -> list:
+def run_all(out: Path, models, seeds, methods, speed_ups) -> list:
     rows = []
-    jobs = list(grid(models, seeds))
+    jobs = [(model, seed, method, speed_up) for model in models for seed in seeds for method in methods
+            for speed_up in speed_ups]
     start = time.perf_counter()
     for i, (model, seed, method, speed_up) in enumerate(jobs):
         base = {"model": model, "method": method, "seed": seed, "prune.speed_up": speed_up}
@@ -131,10 +124,12 @@ def _group(rows, *keys):
     return out
 
 
-def write_report(rows: list, out: Path, wall_s: float, models, seeds) -> str:
+def write_report(rows: list, wall_s: float, args) -> str:
+    models = args.models
+    command = " ".join(["scripts/study_digits.py", "--models", *models, "--seeds", *map(str, args.seeds),
+                        "--methods", *args.methods, "--speed-ups", *(f"{x:g}" for x in args.speed_ups)])
     lines = ["# Study: sparse training, BN recalibration and distillation on digits", "",
-             f"Produced by `scripts/study_digits.py --models {' '.join(models)} --seeds "
-             f"{' '.join(map(str, seeds))}` on {machine()}, in {wall_s / 60:.1f} min (the stage cache "
+             f"Produced by `{command}` on {machine()}, in {wall_s / 60:.1f} min (the stage cache "
              "included). Every number below is the mean ± std over the seeds; accuracies in %.",
              "", "Schedule `demo` (digits, 32x32); each method's demo regularization from "
              "`prune_runner/method_defaults.py`. *Stale BN*: accuracy right after pruning with the BatchNorm "
@@ -170,7 +165,7 @@ def plot(rows: list, path: Path, models) -> None:
 
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for method in METHODS:
+        for method in sorted({r["method"] for r in rows}):
             for key, style, label in (("pruned_recal_bn", "-o", ""), ("pruned_stale_bn", ":x", " (stale BN)")):
                 pts = _group([r for r in rows if r["model"] == model and r["method"] == method], "target")
                 if not pts:
@@ -192,6 +187,8 @@ def main() -> None:
     parser.add_argument("--out", default="study_out", help="out_root of every run (the stage cache lives here)")
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    parser.add_argument("--methods", nargs="+", default=METHODS, help="a subset, for a partial (smoke) run")
+    parser.add_argument("--speed-ups", nargs="+", type=float, default=SPEED_UPS)
     parser.add_argument("--report", default="STUDY.md", help="where the Markdown report goes")
     args = parser.parse_args()
     import torch
@@ -199,12 +196,12 @@ def main() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     out = Path(args.out).resolve()
     start = time.perf_counter()
-    rows = run_all(out, args.models, args.seeds)
+    rows = run_all(out, args.models, args.seeds, args.methods, args.speed_ups)
     wall = time.perf_counter() - start
     (out / "study_rows.json").write_text(json.dumps(rows, indent=1))
     report = Path(args.report)
     plot(rows, report.parent / "study_after_prune.png", args.models)
-    report.write_text(write_report(rows, out, wall, args.models, args.seeds))
+    report.write_text(write_report(rows, wall, args))
     print(f"wrote {report} and {report.parent / 'study_after_prune.png'} ({wall / 60:.1f} min)")
 
 
