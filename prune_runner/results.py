@@ -62,9 +62,9 @@ def print_results(console: Console, r: dict) -> None:
         m = r[name]
         label = {"pruned": "pruned, before fine-tuning"}.get(name, name)
         if name == "pruned" and "acc_before_bn_recal" in m:  # the stale-BN accuracy shows what recalibration did
-            table.add_row("pruned, before fine-tuning, stale BN", f"{100 * m['acc_before_bn_recal']:.2f}%",
+            table.add_row("pruned, stale BN statistics", f"{100 * m['acc_before_bn_recal']:.2f}%",
                           f"{m['macs'] / 1e6:.2f}", f"{m['params'] / 1e6:.3f}")
-            label = "pruned, before fine-tuning, BN recalibrated"
+            label = "pruned, BN recalibrated"
         table.add_row(label, f"{100 * m['acc']:.2f}%", f"{m['macs'] / 1e6:.2f}", f"{m['params'] / 1e6:.3f}")
     console.print(table)
     line = (f"accuracy delta {100 * r['acc_delta']:+.2f} pp, MACs speed-up {r['speed_up']:.2f}x "
