@@ -30,10 +30,12 @@ class DatasetConfig:
 @dataclass
 class MethodConfig:
     name: str = "group_norm"  # registry key: prune_runner.methods.list_methods()
-    reg: float = 5e-4  # regularization coefficient (after warm-up); ignored by methods without a regularizer
+    # regularization coefficient (after warm-up); ignored by methods without a regularizer;
+    # None = the method's default for the schedule (prune_runner/method_defaults.py)
+    reg: Optional[float] = None
     reg_warmup: int = 0  # epochs over which the coefficient ramps linearly from 0 to `reg`
     alpha: float = 4.0  # group_norm: per-group scaling spans [2^0, 2^alpha]
-    delta_reg: float = 1e-4  # growing_reg: increment of the per-channel coefficient per update
+    delta_reg: Optional[float] = None  # growing_reg: coefficient growth per update; None = per schedule, as reg
     reg_update_every: int = 0  # growing_reg: optimizer steps between coefficient updates; 0 = once per epoch
     global_pruning: bool = False  # rank channels across layers instead of within each layer
     normalizer: Optional[str] = None  # per-group score normalization: mean | max | sum | ...; None = criterion's
@@ -54,11 +56,23 @@ class StageSchedule:
 
 
 @dataclass
+class DistillConfig:
+    alpha: float = 0.0  # weight of the teacher's soft targets in [0, 1]; 0 = no distillation (no teacher loaded)
+    temperature: float = 4.0  # softmax temperature of both teacher and student for the soft term
+
+
+@dataclass
+class FinetuneSchedule(StageSchedule):
+    # knowledge distillation from the unpruned model (sparse_train's output, else pretrain's)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+@dataclass
 class ScheduleConfig:
     name: str = "default"
     pretrain: StageSchedule = field(default_factory=StageSchedule)
     sparse_train: StageSchedule = field(default_factory=StageSchedule)
-    finetune: StageSchedule = field(default_factory=StageSchedule)
+    finetune: FinetuneSchedule = field(default_factory=FinetuneSchedule)
 
 
 @dataclass
@@ -67,6 +81,13 @@ class PruneConfig:
     iterative_steps: int = 100  # step budget: each step removes ~1/iterative_steps of every layer's channels
     max_pruning_ratio: float = 0.9  # never remove more than this fraction of a layer's channels
     round_to: Optional[int] = None  # keep channel counts multiples of this (e.g. 8 for tensor cores)
+    # training batches (of schedule.finetune.batch_size) that re-estimate the BatchNorm statistics after
+    # the last pruning step, before the accuracy before fine-tuning is measured; 0 = off
+    bn_recalibration_batches: int = 50
+    # before fine-tuning, filters that feed a BatchNorm: live ones to unit norm, dead ones exactly to zero
+    # (output-preserving): sparse training shrinks the survivors, SGD's effective lr on such a filter is
+    # lr / |w|^2, and dead channels would come back as noise (see bn_recal.restore_weight_scale)
+    restore_weight_scale: bool = True
 
 
 @dataclass

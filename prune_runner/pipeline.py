@@ -21,6 +21,7 @@ from .config import STAGES, RunConfig
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from .errors import CheckpointError, RecordError, UserError
 from .locks import lock_run_dir
+from .method_defaults import resolve_method_defaults
 from .methods import get_method
 from .metrics_log import MetricsLog
 from .records import (
@@ -35,6 +36,7 @@ from .records import (
     link_or_copy,
     own_config,
     problem_with,
+    teacher_key,
 )
 from .results import print_results
 from .stages import MAIN_ONLY, STAGE_FNS, StageRun
@@ -117,6 +119,10 @@ def _base_checkpoint_sha(cfg: RunConfig) -> Optional[str]:
     return file_sha256(path)
 
 
+# keys that name upstream content (a checkpoint's hash), not the user's config: a change is redone, not refused
+CHAINED_KEYS = ("upstream", "finetune.distill.teacher_sha256")
+
+
 def _refuse_changed(cfg: RunConfig, run_dir: Path, has_reg: bool, inputs: StageInputs, upstream: dict) -> None:
     """Before anything is written: a finished stage whose own config changed needs resume=overwrite."""
     if cfg.resume == "overwrite":
@@ -133,7 +139,7 @@ def _refuse_changed(cfg: RunConfig, run_dir: Path, has_reg: bool, inputs: StageI
         if record.get("format") != RECORD_FORMAT:
             raise UserError(f"{stage} in {run_dir} was finished by an older prune-runner; add resume=overwrite "
                             "to redo it, or choose another run_dir")
-        old = {k: v for k, v in record.get("config", {}).items() if k != "upstream"}
+        old = {k: v for k, v in record.get("config", {}).items() if k not in CHAINED_KEYS}
         keys = differing_keys(old, own_config(cfg, stage, has_reg, inputs))
         if keys:
             raise UserError(f"{stage} in {run_dir} was finished with another config (differs in: {', '.join(keys)}); "
@@ -154,6 +160,8 @@ def _publish(state: RunState, stage_dir: StageDir, record: dict) -> None:
             link_or_copy(kept, top)
 
     stage_dir.publish_artifacts(put)
+
+
 def _report_architecture(state: RunState) -> None:
     """Each rank prints a fingerprint of its final model's shapes: they must agree under DDP."""
     if state.model is None and state.pending is None:
@@ -166,6 +174,7 @@ def _report_architecture(state: RunState) -> None:
 
 def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = None, overrides: str = "") -> dict:
     """Run (or resume) every configured stage in `run_dir`; returns the completion records."""
+    cfg = resolve_method_defaults(cfg)  # before hashing: the stage hash sees the value that is used
     validate(cfg)
     console = console or Console(soft_wrap=True)  # long paths stay on one line in logs
     run_dir = Path(run_dir)
@@ -213,7 +222,10 @@ def _run_locked(cfg: RunConfig, run_dir: Path, console: Console, overrides: str,
             state.say(f"{stage}: from {source}")
             consumed = record
             continue
-        flat = chain(own_config(cfg, stage, has_reg, inputs), consumed)
+        own = own_config(cfg, stage, has_reg, inputs)
+        if stage == "finetune":
+            own.update(teacher_key(cfg, state.records))  # the teacher stage has finished by now
+        flat = chain(own, consumed)
         stage_hash = config_hash(flat)
         action, record = broadcast_object(dist, _decide(state, stage, stage_dir, flat, stage_hash, cache)
                                           if dist.is_main else None)

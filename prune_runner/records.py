@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional
 
 from .checkpoint import atomic_write_json, load_checkpoint, read_json, save_checkpoint
 from .config import STAGES, RunConfig
-from .errors import CheckpointError, RecordError
+from .errors import CheckpointError, RecordError, UserError
 from .locks import wait_for
 
 RECORD_FORMAT = 2  # records of format 1 hashed config text only; they are redone, never trusted
@@ -96,6 +96,24 @@ def chain(own: dict, upstream: Optional[dict]) -> dict:
     link = None if upstream is None else {"stage": upstream["stage"], "hash": upstream["hash"],
                                           "sha256": upstream["sha256"]}
     return {**own, "upstream": link}
+
+
+def teacher_record(records: Dict[str, dict]) -> dict:
+    """The unpruned model that fine-tuning distills from: sparse_train's output, else pretrain's."""
+    for stage in ("sparse_train", "pretrain"):
+        if records.get(stage) is not None:
+            return records[stage]
+    raise UserError("distillation needs the unpruned model, but neither sparse_train nor pretrain has a "
+                          "record in this run; add them to stages=[...] or use resume_from=<run_dir>/<stage>")
+
+
+def teacher_key(cfg: RunConfig, records: Dict[str, dict]) -> dict:
+    """The finetune stage's hash entry for its teacher when distilling: the teacher checkpoint's SHA-256
+    (None while the teacher stage has not finished; the entry is filled in before fine-tuning runs)."""
+    if cfg.schedule.finetune.distill.alpha <= 0:
+        return {}
+    known = [records.get(s) for s in ("sparse_train", "pretrain") if records.get(s) is not None]
+    return {"finetune.distill.teacher_sha256": known[0]["sha256"] if known else None}
 
 
 def config_hash(flat: dict) -> str:

@@ -57,7 +57,7 @@ def build_results(state, final: dict, latency: dict | None) -> dict:
         "overrides": state.overrides,
         "seed": cfg.seed,
         "base": {k: base[k] for k in ("acc", "macs", "params")},
-        "pruned": {k: pruned[k] for k in ("acc", "macs", "params")},
+        "pruned": {k: pruned[k] for k in ("acc", "acc_before_bn_recal", "macs", "params") if k in pruned},
         "final": {k: final[k] for k in ("acc", "macs", "params")},
         "acc_delta": final["acc"] - base["acc"],
         "target_speed_up": cfg.prune.speed_up,
@@ -80,6 +80,10 @@ def print_results(console: Console, r: dict) -> None:
     for name in ("base", "pruned", "final"):
         m = r[name]
         label = {"pruned": "pruned, before fine-tuning"}.get(name, name)
+        if name == "pruned" and "acc_before_bn_recal" in m:  # the stale-BN accuracy shows what recalibration did
+            table.add_row("pruned, stale BN statistics", f"{100 * m['acc_before_bn_recal']:.2f}%",
+                          f"{m['macs'] / 1e6:.2f}", f"{m['params'] / 1e6:.3f}")
+            label = "pruned, BN recalibrated"
         table.add_row(label, f"{100 * m['acc']:.2f}%", f"{m['macs'] / 1e6:.2f}", f"{m['params'] / 1e6:.3f}")
     console.print(table)
     line = (f"accuracy delta {100 * r['acc_delta']:+.2f} pp, MACs speed-up {r['speed_up']:.2f}x "

@@ -10,6 +10,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from .bn_recal import batches_for, recalibrate_bn, restore_weight_scale
 from .bn_stats import recalibrate_slow_batchnorms, slow_batchnorms
 from .checkpoint import atomic_write_json
 from .config import STAGES, StageSchedule
@@ -18,7 +19,8 @@ from .flops import MacCounter
 from .models import build_model
 from .progress import stage_progress
 from .pruning import ObdcCalibration, build_pruner, grad_calibration, progressive_prune
-from .records import StageDir
+from .records import StageDir, teacher_record
+from .regularizers import SMALL_NORM
 from .state import RunState
 from .train import evaluate, make_optimizer, make_scheduler, train_epoch
 
@@ -81,7 +83,8 @@ DIGITS_TORCHVISION_HINT = ("ImageNet architectures trained from scratch on the 1
 
 
 def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
-        coef: Callable[[int], float] = lambda epoch: 0.0, on_epoch_end: Optional[Callable[[], None]] = None) -> dict:
+        coef: Callable[[int], float] = lambda epoch: 0.0, on_epoch_end: Optional[Callable[[], None]] = None,
+        criterion: Optional[Callable] = None) -> dict:
     """Train `state.model` for `sched.epochs`, saving an epoch checkpoint after each epoch."""
     model, cfg, data = state.model, state.cfg, state.data
     opt = make_optimizer(model, sched)
@@ -116,7 +119,7 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
 
             batches = bar.steps(data.train_batches(sched.batch_size, epoch, data_seed), steps)
             last = train_epoch(train_model, batches, opt, scheduler, state.device, state.precision,
-                               regularize=reg_fn)
+                               regularize=reg_fn, criterion=criterion)
             if on_epoch_end is not None:
                 on_epoch_end()
             if slow_bn:  # their running statistics (momentum 0.01) lag far behind in a short schedule
@@ -183,8 +186,26 @@ def sparse_train(state: RunState, run: StageRun):
     per_epoch = getattr(regularizer, "update_reg", None) if m.reg_update_every == 0 else None
     fit(state, run, cfg.schedule.sparse_train, regularizer, coef, on_epoch_end=per_epoch)
     metrics = measure(state, state.model)
-    metrics.update({f"reg_{k}": v for k, v in regularizer.stats().items()})
+    stats = regularizer.stats()
+    metrics.update({f"reg_{k}": v for k, v in stats.items()})
+    state.say(f"sparse_train: {100 * stats['frac_below_1e-2']:.1f}% of {stats['channels']} channels have a group "
+              f"L2 norm below {SMALL_NORM:g} (the mass pruning can remove at no cost)")
+    warning = weak_sparsity_warning(stats["frac_below_1e-2"], m.reg)
+    if warning:
+        state.say(f"[yellow]{warning}[/yellow]")
     return metrics, state.payload()
+
+
+WEAK_SPARSITY = 0.05  # below this fraction of channels near zero, sparse training did almost nothing
+
+
+def weak_sparsity_warning(frac_below: float, reg: float) -> str | None:
+    """One line when sparse training left almost no channel near zero, with a stronger coefficient to try."""
+    if frac_below >= WEAK_SPARSITY:
+        return None
+    return (f"warning: sparse training left only {100 * frac_below:.1f}% of channels with a group L2 norm below "
+            f"{SMALL_NORM:g}, so pruning will cut live channels; try a stronger method.reg={10 * reg:.3g} "
+            f"(now {reg:g}) or more schedule.sparse_train.epochs")
 
 
 def regularizer_options(m) -> dict:
@@ -221,9 +242,23 @@ def prune(state: RunState, run: StageRun):
                                describe=f"model {cfg.model.name} with method {cfg.method.name}", on_step=on_step)
     state.history = state.history + [tuple(h) for h in pruner.pruning_history()]
     state.model = state.to_device(model)  # pruned layers are new Parameters: keep device and memory format
+    stale = measure(state, state.model) if cfg.prune.bn_recalibration_batches > 0 else None
+    if stale is not None:
+        batches = batches_for(state.data, cfg.schedule.finetune.batch_size, cfg.prune.bn_recalibration_batches,
+                              seed=cfg.seed * 7919 + len(STAGES))  # a stream no training stage draws
+        used = recalibrate_bn(state.model, batches, state.device, state.precision)
+    settled = restore_weight_scale(state.model, example) if cfg.prune.restore_weight_scale else None
     metrics = measure(state, state.model)
+    acc_line = f"acc before fine-tuning {metrics['acc']:.4f}"
+    if stale is not None:
+        metrics.update(acc_before_bn_recal=stale["acc"], eval_loss_before_bn_recal=stale["eval_loss"],
+                       bn_recal_batches=used)
+        acc_line += f" after BN recalibration on {used} batches ({stale['acc']:.4f} without)"
+    if settled is not None:
+        metrics.update(rescaled_filters=settled["rescaled"], zeroed_filters=settled["zeroed"])
+        acc_line += f"; {settled['rescaled']} live filters rescaled to unit norm, {settled['zeroed']} dead ones zeroed"
     state.say(f"prune: {result['steps']} steps, MACs {result['base_macs'] / 1e6:.2f}M -> {metrics['macs'] / 1e6:.2f}M "
-              f"({result['speed_up']:.2f}x), acc before fine-tuning {metrics['acc']:.4f}")
+              f"({result['speed_up']:.2f}x), {acc_line}")
     metrics.update(steps=result["steps"], speed_up=result["speed_up"])
     return metrics, state.payload()
 
@@ -251,8 +286,19 @@ def _plot_importance(state: RunState, pruner) -> None:
 
 
 def finetune(state: RunState, run: StageRun):
+    from .distill import Distiller
+
     state.ensure_model(run.name)
-    fit(state, run, state.cfg.schedule.finetune)
+    sched = state.cfg.schedule.finetune
+    criterion = None
+    if sched.distill.alpha > 0:
+        record = teacher_record(state.records)  # loaded once per stage, on every rank (resume included)
+        teacher, _ = state.load(Path(record["checkpoint"]), record["sha256"])
+        criterion = Distiller(teacher, sched.distill.alpha, sched.distill.temperature)
+        state.say(f"finetune: distilling from {record['checkpoint']} (alpha {sched.distill.alpha}, "
+                  f"temperature {sched.distill.temperature})")
+    fit(state, run, sched, criterion=criterion)
+    del criterion  # frees the teacher before evaluation
     return measure(state, state.model), state.payload()
 
 

@@ -74,8 +74,11 @@ class _Tally:
 
 
 def train_epoch(model: nn.Module, batches, opt, scheduler, device: torch.device, precision: Precision, *,
-                regularize: Optional[Callable[[], None]] = None) -> dict:
+                regularize: Optional[Callable[[], None]] = None,
+                criterion: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> dict:
     """One epoch: forward, loss.backward(), then the regularizer adds its gradients, then opt.step().
+
+    `criterion(x, logits, y)` replaces cross-entropy (distillation); it runs inside the same autocast.
 
     Loss and accuracy are accumulated on the device; the only host sync is at the end.
     """
@@ -86,7 +89,7 @@ def train_epoch(model: nn.Module, batches, opt, scheduler, device: torch.device,
             x = x.contiguous(memory_format=torch.channels_last)
         with precision.autocast(device):
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y) if criterion is None else criterion(x, logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if regularize is not None:

@@ -36,7 +36,8 @@ def validate(cfg: RunConfig) -> None:
     if m.normalizer is not None and m.normalizer not in NORMALIZERS:
         raise UnknownChoiceError("method.normalizer", m.normalizer, NORMALIZERS)
     for key in ("reg", "alpha", "delta_reg"):
-        _non_negative(f"method.{key}", getattr(m, key))
+        if getattr(m, key) is not None:  # None: the method's default for the schedule (method_defaults.py)
+            _non_negative(f"method.{key}", getattr(m, key))
     for key in ("reg_warmup", "reg_update_every", "calib_batches"):
         _non_negative(f"method.{key}", getattr(m, key))
     calibration = METHODS.get(m.name).calibration
@@ -54,12 +55,17 @@ def validate(cfg: RunConfig) -> None:
                "the epochs, each in [0, 1]")
         if s.lr_schedule not in LR_SCHEDULES:
             raise UnknownChoiceError(f"schedule.{stage}.lr_schedule", s.lr_schedule, LR_SCHEDULES)
+    kd = cfg.schedule.finetune.distill
+    _check(0 <= kd.alpha <= 1, f"schedule.finetune.distill.alpha={kd.alpha} is invalid; it must be in [0, 1] (0 = off)")
+    _check(math.isfinite(kd.temperature) and kd.temperature > 0,
+           f"schedule.finetune.distill.temperature={kd.temperature} is invalid; it must be > 0")
     p = cfg.prune
     _check(math.isfinite(p.speed_up) and p.speed_up >= 1,
            f"prune.speed_up={p.speed_up} is invalid; it is base MACs / pruned MACs and must be >= 1")
     _check(p.iterative_steps >= 1, f"prune.iterative_steps={p.iterative_steps} is invalid; it must be >= 1")
     _check(0 < p.max_pruning_ratio <= 1, f"prune.max_pruning_ratio={p.max_pruning_ratio} is invalid; "
                                          "it must be in (0, 1] (a layer always keeps one channel)")
+    _non_negative("prune.bn_recalibration_batches", p.bn_recalibration_batches)
     _check(p.round_to is None or p.round_to >= 1, f"prune.round_to={p.round_to} is invalid; it must be >= 1")
     for stage in cfg.stages:
         if stage not in STAGES:

@@ -15,7 +15,8 @@ def test_two_process_gloo_pipeline(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "prune_runner.cli", "model=resnet20", "method=group_norm", "prune.speed_up=1.5",
-           f"run_dir={run_dir}", f"out_root={tmp_path / 'outputs'}", "eval.latency=false", *FAST]
+           f"run_dir={run_dir}", f"out_root={tmp_path / 'outputs'}", "eval.latency=false", *FAST,
+           "schedule.finetune.distill.alpha=0.5"]  # each rank runs its own frozen teacher
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     fingerprints = dict(re.findall(r"rank (\d)/2: architecture ([0-9a-f]{16})", proc.stdout))  # lines may interleave
@@ -24,3 +25,4 @@ def test_two_process_gloo_pipeline(tmp_path):
     r = results_of(run_dir)
     assert r["provenance"]["world_size"] == 2 and r["speed_up"] >= 1.5
     assert proc.stdout.count("top-1 acc") == 1  # only rank 0 reports
+    assert proc.stdout.count("finetune: distilling from") == 1
