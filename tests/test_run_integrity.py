@@ -4,7 +4,6 @@ no code from data files, and one-line errors. In-process runs at 8x8 px: seconds
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ import pytest
 import torch
 
 from prune_runner.checkpoint import model_payload, save_checkpoint
-from prune_runner.config import RunConfig, ScheduleConfig, StageSchedule
+from prune_runner.config import RunConfig
 from prune_runner.data import build_data
 from prune_runner.data import cifar as cifar_module
 from prune_runner.data.base import folder_fingerprint
@@ -36,9 +35,10 @@ def small_config(out_root: Path, **prune) -> RunConfig:
     cfg = RunConfig()
     cfg.model.name, cfg.model.input_size = "resnet20", 8  # digits' own 8x8 pixels: cheap convolutions
     cfg.device, cfg.progress, cfg.out_root = "cpu", False, str(out_root)
-    one = StageSchedule(epochs=1, lr=0.05, batch_size=32)
-    cfg.schedule = ScheduleConfig(name="t", pretrain=copy.deepcopy(one), sparse_train=copy.deepcopy(one),
-                                  finetune=copy.deepcopy(one))
+    cfg.schedule.name = "t"
+    for stage in ("pretrain", "sparse_train", "finetune"):
+        sched = getattr(cfg.schedule, stage)
+        sched.epochs, sched.lr, sched.batch_size = 1, 0.05, 32
     cfg.eval.latency = False
     cfg.dataset.train_limit = 128
     cfg.prune.iterative_steps, cfg.prune.speed_up = 10, 1.3
