@@ -165,14 +165,14 @@ def plot(rows: list, path: Path, models) -> None:
 
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for method in sorted({r["method"] for r in rows}):
+        for i, method in enumerate(sorted({r["method"] for r in rows})):
             for key, style, label in (("pruned_recal_bn", "-o", ""), ("pruned_stale_bn", ":x", " (stale BN)")):
                 pts = _group([r for r in rows if r["model"] == model and r["method"] == method], "target")
                 if not pts:
                     continue
                 xs = sorted(pts)
                 ys = [100 * statistics.mean(r[key] for r in pts[x]) for x in xs]
-                ax.plot([x[0] for x in xs], ys, style, label=method + label)
+                ax.plot([x[0] for x in xs], ys, style, color=f"C{i}", label=method + label)  # one colour a method
         ax.set(title=f"{model} on digits: right after pruning", xlabel="MACs speed-up target",
                ylabel="top-1 accuracy (%)", ylim=(0, 100))
         ax.grid(alpha=0.3)
