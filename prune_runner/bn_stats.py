@@ -3,7 +3,7 @@
 torchvision's MobileNetV3 and EfficientNets build their BatchNorm layers with momentum 0.01,
 tuned for ImageNet's ~5,000 steps per epoch. In a short schedule (digits: 23 steps per epoch)
 their running statistics stay near their initial values (after 138 steps, 25% of the start is
-left), so a network that fits its training data (89% train accuracy) evaluates at chance. After
+left), so a network that fits its training data evaluates at chance (BENCHMARKS.md). After
 each training epoch, those layers' running statistics are recomputed as plain averages over
 training batches. Layers with a faster momentum (>= 0.1, every CIFAR model here) are left alone.
 """

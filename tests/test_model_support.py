@@ -37,3 +37,12 @@ def test_an_unsupported_pair_is_refused_before_anything_runs(tmp_path, model, me
     with pytest.raises(ModelNotSupportedError, match=expected):
         run_pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_vit_input_size_must_fit_its_patches():
+    from prune_runner.models import build_model
+
+    with pytest.raises(UserError, match=r"input_size=64 is not a multiple of vit_h_14's 14-pixel patches; use e.g. 70"):
+        build_model("vit_h_14", 10, input_size=64)
+    with pytest.raises(UserError, match=r"does not fit the pretrained weights of 'vit_b_16' \(224 px\)"):
+        build_model("vit_b_16", 10, pretrained=True, input_size=32)

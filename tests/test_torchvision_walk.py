@@ -6,7 +6,7 @@ For each name in torchvision.models.list_models(module=torchvision.models):
     and with l1 (10-step schedule, pruner built in training mode as the pipeline does), and runs a
     forward pass in eval and in training mode; the model x method table is checked against the
     model's layers.
-Inputs are 64 px, except Inception-v3 (96 px: it needs 75 or more).
+Inputs are 64 px, except Inception-v3 (96 px: it needs 75 or more) and ViT-H/14 (56 px: 14-pixel patches).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from prune_runner.models.support import (
 from prune_runner.models.torchvision_models import get_model_spec, torchvision_model_names
 from prune_runner.pruning import build_pruner, progressive_prune
 
-INPUT_SIZE = {"inception_v3": 96}  # pixels; 64 for the others
+INPUT_SIZE = {"inception_v3": 96, "vit_h_14": 56}  # pixels; 64 for the others
 NAMES = [n for n in torchvision_model_names() if n not in MODELS or n in MODELS and
          get_model_spec(n).family == "torchvision"]  # the CIFAR vgg*_bn shadow torchvision's
 

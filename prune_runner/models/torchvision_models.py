@@ -53,9 +53,16 @@ def _size_options(name: str, input_size: int | None, pretrained: bool) -> dict:
     embedding length) when built, so model.input_size must reach its constructor."""
     if input_size is None or not name.startswith("vit_"):
         return {}
-    if pretrained and input_size != 224:
-        raise UserError(f"model.input_size={input_size} does not fit the pretrained weights of '{name}' "
-                        "(224 px); set model.input_size=224 or model.pretrained=false")
+    native = _default_input_size(name)  # 224, or 518 for vit_h_14's weights
+    if pretrained:
+        if input_size != native:
+            raise UserError(f"model.input_size={input_size} does not fit the pretrained weights of '{name}' "
+                            f"({native} px); set model.input_size={native} or model.pretrained=false")
+        return {}
+    patch = int(name.rsplit("_", 1)[1])  # vit_b_16: 16-pixel patches
+    if input_size % patch:
+        raise UserError(f"model.input_size={input_size} is not a multiple of {name}'s {patch}-pixel patches; "
+                        f"use e.g. {patch * max(1, round(input_size / patch))}")
     return {"image_size": input_size}
 
 
