@@ -124,7 +124,7 @@ def _report_architecture(state: RunState) -> None:
 
 def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = None, overrides: str = "") -> dict:
     """Run (or resume) every configured stage in `run_dir`; returns the completion records."""
-    validate(cfg)
+    cfg = validate(cfg)  # with the method's defaults filled in
     console = console or Console(soft_wrap=True)  # long paths stay on one line in logs
     run_dir = Path(run_dir)
     state = build_state(cfg, run_dir, console, overrides)

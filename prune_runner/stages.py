@@ -129,16 +129,12 @@ def _pruner(state: RunState):
 
 
 def sparse_train(state: RunState, run: StageRun):
-    from .regularizers import REGULARIZERS, build_regularizer
+    from .regularizers import regularizer_from_config
 
     cfg, m = state.cfg, state.cfg.method
     state.ensure_model(run.name)
     pruner = _pruner(state)  # only for its dependency graph: the regularizer's groups
-    accepted = REGULARIZERS.get(state.spec.regularizer).DEFAULTS
-    options = {k: v for k, v in regularizer_options(m).items() if k in accepted}
-    regularizer = build_regularizer(state.spec.regularizer, state.model, pruner, **options)
-    # a regularizer that keeps its own per-channel strength (growing_reg) gets only the warm-up factor
-    strength = 1.0 if "reg" in accepted else m.reg
+    regularizer, strength = regularizer_from_config(state.spec.regularizer, state.model, pruner, m)
 
     def coef(epoch: int) -> float:
         """Warm-up: the coefficient ramps linearly over the first `reg_warmup` epochs."""
@@ -146,15 +142,11 @@ def sparse_train(state: RunState, run: StageRun):
         return strength * warm
 
     # growing_reg with reg_update_every=0 grows its coefficients once per epoch, as the reference script does
-    per_epoch = getattr(regularizer, "update_reg", None) if m.reg_update_every == 0 else None
+    per_epoch = getattr(regularizer, "update_reg", None) if not m.reg_update_every else None
     fit(state, run, cfg.schedule.sparse_train, regularizer, coef, on_epoch_end=per_epoch)
     metrics = measure(state, state.model)
     metrics.update({f"reg_{k}": v for k, v in regularizer.stats().items()})
     return metrics, state.payload()
-
-
-def regularizer_options(m) -> dict:
-    return {"alpha": m.alpha, "reg": m.reg, "delta_reg": m.delta_reg, "update_every": m.reg_update_every}
 
 
 def prune(state: RunState, run: StageRun):
