@@ -98,6 +98,13 @@ class Regularizer:
         """Per-channel group L2 norm: sqrt(mean over the group's members of the channel's squared norm)."""
         return self.imp_plan.channel_sq_norms().sqrt()
 
+    SPARSIFIES = "group L2 norms"  # what sparsity_values() measures, for the plot's title
+
+    @torch.no_grad()
+    def sparsity_values(self) -> torch.Tensor:
+        """Per-channel magnitudes of what this regularizer drives to zero (sparsity.png plots them)."""
+        return self.importance()
+
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
         imp = self.importance()
@@ -280,6 +287,13 @@ class SlimRegularizer(Regularizer):
             if isinstance(m, _BATCHNORMS) and m.affine and not self._ignored_layer(m)
         ]
 
+    SPARSIFIES = "BatchNorm scales |gamma|"
+
+    @torch.no_grad()
+    def sparsity_values(self) -> torch.Tensor:
+        weights = [w.detach().abs().flatten() for w in self.bn_weights]
+        return torch.cat(weights) if weights else torch.zeros(0)
+
     @torch.no_grad()
     def apply(self, coef: float) -> None:
         pairs = [(w.grad, w) for w in self.bn_weights if w.grad is not None]
@@ -308,6 +322,13 @@ class GroupSlimRegularizer(Regularizer):
             and not self._ignored_layer(item.module)
         ]
         self.scale_plan = ScalePlan(entries, self.group_sizes, self.device)
+
+    SPARSIFIES = "group BatchNorm-scale norms"
+
+    @torch.no_grad()
+    def sparsity_values(self) -> torch.Tensor:
+        """Per channel: sqrt(mean over the group's affine BNs of gamma^2), what the group lasso shrinks."""
+        return self.bn_plan.channel_sq_norms().sqrt()
 
     @torch.no_grad()
     def apply(self, coef: float) -> None:

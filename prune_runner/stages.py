@@ -183,7 +183,26 @@ def prune(state: RunState, run: StageRun):
 
 
 def _plot_importance(state: RunState, pruner) -> None:
-    """sparsity.png: the distribution of per-channel group L2 norms before pruning."""
+    """sparsity.png: before pruning, the per-channel magnitudes of what the method's regularizer drives to
+    zero (BN scales for slim / group_slim), or group L2 norms for a method without one."""
+    from .regularizers import Regularizer, build_regularizer
+
+    name = state.spec.regularizer
+    try:
+        if name is not None:
+            regularizer = build_regularizer(name, state.model, pruner)
+            values, what = regularizer.sparsity_values(), regularizer.SPARSIFIES
+        else:
+            values, what = _group_norms(pruner), Regularizer.SPARSIFIES
+        from .plots import plot_importance
+
+        plot_importance(values.detach().float().cpu(), state.run_dir / "sparsity.png",
+                        title=f"{state.cfg.method.name}: {what} before pruning")
+    except Exception as err:  # a plot must never fail a run
+        state.say(f"[yellow]sparsity.png not written: {err}[/yellow]")
+
+
+def _group_norms(pruner) -> torch.Tensor:
     import torch_pruning as tp
 
     scorer = tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)
@@ -193,15 +212,7 @@ def _plot_importance(state: RunState, pruner) -> None:
         imp = scorer(group)
         if imp is not None:
             values.append(imp.sqrt().detach().float().cpu())
-    if not values:
-        return
-    try:
-        from .plots import plot_importance
-
-        plot_importance(torch.cat(values), state.run_dir / "sparsity.png",
-                        title=f"{state.cfg.method.name}: group L2 norms before pruning")
-    except Exception as err:  # a plot must never fail a run
-        state.say(f"[yellow]sparsity.png not written: {err}[/yellow]")
+    return torch.cat(values) if values else torch.zeros(0)
 
 
 def finetune(state: RunState, run: StageRun):
