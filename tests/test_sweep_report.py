@@ -1,9 +1,16 @@
-"""A 2x2 sweep on digits, then prune-report; a failing sweep job is listed and does not stop the sweep."""
+"""Sweeps in this process: a 2x2 sweep then prune-report; a failing sweep job is listed and does not stop the
+sweep; a sweep over torchvision model names (which have no YAML of their own)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+
 import pytest
 from conftest import FAST, run_cli
+
+from prune_runner import report_cli
 
 SWEEP = ["model=resnet20", "schedule.pretrain.epochs=1", "eval.latency_repeats=2", *FAST]
 
@@ -20,15 +27,17 @@ def sweep(tmp_path_factory):
 def test_sweep_then_report(sweep):
     root, proc = sweep
     assert proc.stdout.splitlines().count("pretrain") == 1  # one pretraining for the four jobs
-    report = run_cli([str(root / "outputs" / "digits")], cwd=root, module="prune_runner.report_cli")
-    assert report.returncode == 0, report.stderr
+    assert "to prune this run's" not in proc.stdout  # the re-prune hint is for single runs
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert report_cli.main([str(root / "outputs" / "digits")]) == 0
     table = (root / "outputs" / "digits" / "report.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| digits")]
     assert len(rows) == 4, table
     assert sum("| l1 |" in r for r in rows) == 2 and sum("| group_norm |" in r for r in rows) == 2
     png = (root / "outputs" / "digits" / "tradeoff.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
-    assert "group_norm" in report.stdout
+    assert "group_norm" in out.getvalue() and "pruned acc %" in table and "target speed-up" in table
 
 
 def test_failed_job_is_listed_and_the_sweep_goes_on(sweep):
@@ -39,3 +48,18 @@ def test_failed_job_is_listed_and_the_sweep_goes_on(sweep):
     assert "1 sweep job(s) failed" in proc.stderr
     assert "model resnet20 with method l1 reached only" in proc.stderr and "60" in proc.stderr
     assert "prune.speed_up=1.3" in proc.stdout  # the job after the failed one ran
+
+
+def test_sweep_over_torchvision_model_names(tmp_path):
+    """Names with no YAML of their own, mixed with one that has: each job builds its model, and its run dir
+    is named after it (no model.name=... part)."""
+    out = tmp_path / "outputs"
+    proc = run_cli(["-m", "model=efficientnet_b0,squeezenet1_1,resnet20", "method=l1", "stages=[pretrain]",
+                    "schedule.pretrain.epochs=0", "model.input_size=32", "device=cpu", "progress=false",
+                    f"out_root={out}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for model in ("efficientnet_b0", "squeezenet1_1", "resnet20"):
+        (run_dir,) = (out / "digits" / model / "l1").glob("*/seed0")
+        assert "model.name" not in str(run_dir)
+        assert json.loads((run_dir / "config.json").read_text())["model"]["name"] == model
+        assert (run_dir / "pretrain" / "done.json").exists()
