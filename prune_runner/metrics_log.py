@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 
-
 class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool = True, logger: str = "jsonl"):
         self.enabled = enabled
