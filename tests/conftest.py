@@ -58,7 +58,8 @@ def run_cli(args, cwd: Path) -> Done:
 def run_subprocess(args, cwd: Path, timeout: float = 600, env: dict | None = None,
                    module: str = "prune_runner.cli", command: list | None = None) -> subprocess.CompletedProcess:
     """A new interpreter: for what only a process shows (exit status, stderr as a whole, the console script)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", **(env or {})}
+    # one thread, as the in-process runs: threads only add contention on a shared 2-core machine
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     command = command or [sys.executable, "-m", module]
     return subprocess.run([*command, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=full_env)

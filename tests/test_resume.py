@@ -1,5 +1,6 @@
-"""A run that cannot lose work: kill-and-resume equals an uninterrupted run; sweeps reuse stages; a finished
-stage of one run starts another (resume_from, as the README writes it and as a run prints it).
+"""A run that cannot lose work: kill-and-resume equals an uninterrupted run; a finished stage of one run
+starts another (resume_from, as the README writes it and as a run prints it). Sweeps reusing stages:
+test_sweep_report.py.
 Only the runs that are killed are subprocesses; the rest run in this process."""
 
 from __future__ import annotations
@@ -57,37 +58,6 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}
 
 
-def test_sweep_reuses_upstream_stages(tmp_path):
-    out = tmp_path / "outputs"
-    proc = run_cli(["-m", "prune.speed_up=1.2,1.4,1.6", "model=resnet20", "method=group_norm",
-                    "schedule.pretrain.epochs=1", "eval.latency=false", *FAST, f"out_root={out}"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    assert lines.count("pretrain") == 1 and lines.count("sparse_train") == 1  # computed once
-    assert lines.count("prune") == 3
-    assert sum(line.startswith("pretrain: reused from") for line in lines) == 2
-    assert sum(line.startswith("sparse_train: reused from") for line in lines) == 2
-    runs = sorted(out.glob("digits/resnet20/group_norm/*/seed0/results.json"))
-    assert len(runs) == 3
-    speed_ups = sorted(results_of(r.parent)["target_speed_up"] for r in runs)
-    assert speed_ups == [1.2, 1.4, 1.6]
-
-
-def test_resume_from_another_runs_stage(tmp_path):
-    first = tmp_path / "first"
-    common = ["model=resnet20", "method=l1", "schedule.pretrain.epochs=1", "eval.latency=false", *FAST,
-              f"out_root={tmp_path / 'outputs'}"]
-    assert run_cli([*common, "prune.speed_up=1.2", f"run_dir={first}"], cwd=tmp_path).returncode == 0
-    second = tmp_path / "second"
-    proc = run_cli([*common, "prune.speed_up=1.5", f"run_dir={second}", f"resume_from={first / 'sparse_train'}"],
-                   cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"pretrain: from {first / 'pretrain'}" in proc.stdout
-    r1, r2 = results_of(first), results_of(second)
-    assert r2["base"] == r1["base"] and r2["speed_up"] >= 1.5 > r1["speed_up"]
-    assert r2["setup"]["resume_from"] == str(first / "sparse_train")
-
-
 def _readme_commands() -> tuple[list[str], list[str]]:
     """The README's 'killed half-way?' command and its re-prune command with resume_from, as words."""
     text = (REPO / "README.md").read_text()
@@ -106,9 +76,10 @@ def test_readme_resume_from_command_parses_as_written(tmp_path):
     assert f"resume_from: {resume_from}" in proc.stdout
 
 
-def test_printed_reprune_command_runs_as_printed(tmp_path):
-    """A finished run prints the command that prunes its sparse_train output again; run it verbatim (its run
-    dir, derived from several overrides, holds '=' and ',')."""
+def test_printed_reprune_command_starts_from_this_runs_stages(tmp_path):
+    """A finished run prints the command that prunes its sparse_train output again; run verbatim (its
+    resume_from, a run dir derived from several overrides, holds '=' and ','), it takes pretrain and
+    sparse_train from the first run and prunes further."""
     args = ["model=resnet20", "method=group_norm", "prune.speed_up=1.2", "schedule.pretrain.epochs=1",
             "eval.latency=false", *FAST]
     proc = run_cli(args, cwd=tmp_path)
@@ -120,10 +91,13 @@ def test_printed_reprune_command_runs_as_printed(tmp_path):
     assert words[-1].startswith("resume_from=") and "," in resume_from and resume_from.endswith("/sparse_train")
     again = run_cli(words, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "sparse_train: from " in again.stdout and "prune: " in again.stdout
     (first,) = (tmp_path / "outputs").glob("digits/resnet20/group_norm/*prune.speed_up=1.2*/seed0")
     (second,) = (tmp_path / "outputs").glob("digits/resnet20/group_norm/*prune.speed_up=2.2*/seed0")
-    assert results_of(second)["base"] == results_of(first)["base"] and results_of(second)["speed_up"] >= 2.2
+    assert f"pretrain: from {first / 'pretrain'}" in again.stdout
+    assert f"sparse_train: from {first / 'sparse_train'}" in again.stdout
+    r1, r2 = results_of(first), results_of(second)
+    assert r2["base"] == r1["base"] and r2["speed_up"] >= 2.2 > r1["speed_up"]
+    assert r2["setup"]["resume_from"] == resume_from
 
 
 @pytest.mark.slow

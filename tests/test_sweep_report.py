@@ -8,7 +8,7 @@ import io
 import json
 
 import pytest
-from conftest import FAST, run_cli
+from conftest import FAST, results_of, run_cli
 
 from prune_runner import report_cli
 
@@ -24,9 +24,21 @@ def sweep(tmp_path_factory):
     return root, proc
 
 
+def test_sweep_reuses_upstream_stages(sweep):
+    root, proc = sweep
+    lines = proc.stdout.splitlines()
+    assert lines.count("pretrain") == 1  # one pretraining for the four jobs
+    assert lines.count("sparse_train") == 1  # one sparse training for group_norm's two speed-ups (l1 has none)
+    assert lines.count("prune") == 4
+    assert sum(line.startswith("pretrain: reused from") for line in lines) == 3
+    assert sum(line.startswith("sparse_train: reused from") for line in lines) == 1
+    runs = [r for r in (root / "outputs").glob("digits/resnet20/*/*/seed0/results.json")
+            if "prune.iterative_steps=25" in str(r)]  # this sweep's runs, not the failing sweep's below
+    assert sorted(results_of(r.parent)["target_speed_up"] for r in runs) == [1.3, 1.3, 1.6, 1.6]
+
+
 def test_sweep_then_report(sweep):
     root, proc = sweep
-    assert proc.stdout.splitlines().count("pretrain") == 1  # one pretraining for the four jobs
     assert "to prune this run's" not in proc.stdout  # the re-prune hint is for single runs
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
