@@ -77,7 +77,7 @@ def quote_paths(argv: List[str]) -> List[str]:
     out = []
     for arg in argv:
         key, eq, value = arg.partition("=")
-        if eq and key.lstrip("+~") in PATH_KEYS and value and value[0] not in "'\"" \
+        if eq and key.lstrip("+~") in PATH_KEYS and value not in ("", "null") and value[0] not in "'\"" \
                 and not re.match(r"(choice|glob)\(", value):
             escaped = value.replace("'", "\\'")  # Hydra's escape for a quote inside a quoted value
             arg = f"{key}='{escaped}'"

@@ -38,19 +38,23 @@ def test_yaml_group_and_registry_list_the_same_names(group):
         assert yaml.safe_load((CONF / group / f"{name}.yaml").read_text())["name"] == name
 
 
-def test_schedule_yaml_names_match_their_option():
-    for name in _yaml_names("schedule"):
-        assert yaml.safe_load((CONF / "schedule" / f"{name}.yaml").read_text())["name"] == name
+@pytest.mark.parametrize("name", _yaml_names("schedule"))
+def test_schedule_yaml_name_matches_its_option(name):
+    assert yaml.safe_load((CONF / "schedule" / f"{name}.yaml").read_text())["name"] == name
 
 
-def test_regularizer_defaults_have_one_source():
-    """Neither the schema nor a method YAML repeats a default that a regularizer owns."""
+def test_the_schema_leaves_regularizer_defaults_to_the_regularizers():
     for key in CONFIG_OPTIONS:
         assert getattr(MethodConfig(), key) is None, f"config.py sets method.{key}: regularizers.py owns it"
-    for method in list_methods():
-        text = yaml.safe_load((CONF / "method" / f"{method}.yaml").read_text())
-        assert not set(text) & set(CONFIG_OPTIONS), f"conf/method/{method}.yaml repeats a regularizer default"
-        assert set(text) <= {f.name for f in dataclasses.fields(MethodConfig)}
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_method_yaml_repeats_no_regularizer_default(method):
+    text = yaml.safe_load((CONF / "method" / f"{method}.yaml").read_text())
+    assert not set(text) & set(CONFIG_OPTIONS), f"conf/method/{method}.yaml repeats a regularizer default"
+    assert set(text) <= {f.name for f in dataclasses.fields(MethodConfig)}
+    defaults = {f.name: f.default for f in dataclasses.fields(MethodConfig)}
+    assert not [k for k, v in text.items() if k != "name" and v == defaults[k]], "repeats a config.py default"
 
 
 @pytest.fixture(scope="module")

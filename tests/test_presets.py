@@ -206,3 +206,15 @@ def test_slurm_launcher_composes_with_the_plugin():
     raw_subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
     assert "job.id" not in raw_subdir and "job.num" not in raw_subdir
     assert _sweep_subdir(cfg).startswith(f"{cfg.dataset.name}/{cfg.model.name}/{cfg.method.name}/")
+
+
+def test_path_options_are_taken_literally():
+    from prune_runner.cli import quote_paths
+
+    derived = "outputs/digits/resnet20/l1/prune.speed_up=3,schedule=demo/seed0/sparse_train"
+    assert quote_paths([f"resume_from={derived}", "run_dir=null", "prune.speed_up=1,2", "out_root='x=y'",
+                        "base_checkpoint=choice(a.pt,b.pt)", "dataset.root=it's"]) == [
+        f"resume_from='{derived}'", "run_dir=null", "prune.speed_up=1,2", "out_root='x=y'",
+        "base_checkpoint=choice(a.pt,b.pt)", "dataset.root='it\\'s'"]
+    cfg = _compose(quote_paths([f"resume_from={derived}", "dataset.root=it's"]))
+    assert cfg.resume_from == derived and cfg.dataset.root == "it's"
