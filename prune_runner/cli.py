@@ -182,7 +182,10 @@ def reprune_command(argv: List[str], run_dir: Path, speed_up: float) -> str:
     The run dir is derived again (its prune.speed_up part differs), so the new run never writes here."""
     drop = ("run_dir", "resume_from", "resume", "prune.speed_up")
     kept = [a for a in argv if a.partition("=")[0].lstrip("+~") not in drop]
-    new = [f"prune.speed_up={speed_up + 1:g}", f"resume_from={run_dir / 'sparse_train'}"]
+    stage = run_dir.absolute() / "sparse_train"
+    if stage.is_relative_to(Path.cwd()):  # as the user would write it: relative to where they are
+        stage = stage.relative_to(Path.cwd())
+    new = [f"prune.speed_up={speed_up + 1:g}", f"resume_from={stage}"]
     return shlex.join(["prune-run", *kept, *new])
 
 

@@ -93,8 +93,10 @@ def test_printed_reprune_command_starts_from_this_runs_stages(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     (first,) = (tmp_path / "outputs").glob("digits/resnet20/group_norm/*prune.speed_up=1.2*/seed0")
     (second,) = (tmp_path / "outputs").glob("digits/resnet20/group_norm/*prune.speed_up=2.2*/seed0")
-    assert f"pretrain: from {first / 'pretrain'}" in again.stdout
-    assert f"sparse_train: from {first / 'sparse_train'}" in again.stdout
+    assert resume_from.startswith("outputs/")  # relative to where the command ran, as a user writes it
+    assert (tmp_path / resume_from).parent == first
+    assert f"pretrain: from {first.relative_to(tmp_path) / 'pretrain'}" in again.stdout
+    assert f"sparse_train: from {first.relative_to(tmp_path) / 'sparse_train'}" in again.stdout
     r1, r2 = results_of(first), results_of(second)
     assert r2["base"] == r1["base"] and r2["speed_up"] >= 2.2 > r1["speed_up"]
     assert r2["setup"]["resume_from"] == resume_from
