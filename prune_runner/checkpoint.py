@@ -23,9 +23,26 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, UserError
+from .errors import CheckpointError, RecordError, UserError
 
 FORMAT = "prune-runner/1"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; a results folder shared with colleagues needs what the umask allows
+FILE_MODE = 0o666 & ~_umask()
+
+
+def open_temp(path: Path) -> tuple[int, str]:
+    """A temp file beside `path` (same filesystem, so the final rename is atomic), mode as umask allows."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
+    return fd, tmp
 
 
 def _fsync_dir(path: Path) -> None:
@@ -45,7 +62,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, rename: readers see the old or the new file, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = open_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -73,7 +90,7 @@ def read_json(path: Path) -> Optional[dict]:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"record {path} is unreadable ({err}); delete it or use resume=overwrite") from None
+        raise RecordError(f"record {path} is unreadable ({err})") from None
 
 
 def sha256(data: bytes) -> str:

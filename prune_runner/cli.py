@@ -234,6 +234,9 @@ def _app(dcfg: DictConfig) -> None:
             pass
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+
 def main() -> None:
     FAILED.clear()  # main() may run several times in one process (tests)
     ARGV[:] = sys.argv[1:]
@@ -244,7 +247,12 @@ def main() -> None:
         sys.exit(2)
     for note in preset_notes(sys.argv[1:]):
         print(f"prune-run: {note}", flush=True)
-    _app()
+    try:
+        _app()
+    except KeyboardInterrupt:
+        print("prune-run: interrupted; finished stages and the last epoch checkpoint are kept: re-run the same "
+              "command to resume", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
     if FAILED:
         print(f"prune-run: {len(FAILED)} sweep job(s) failed:", file=sys.stderr)
         for line in FAILED:

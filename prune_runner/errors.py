@@ -17,3 +17,11 @@ class UnknownChoiceError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, truncated, corrupt or of another model."""
+
+
+class RecordError(UserError):
+    """A JSON record (completion record, cache entry, results) that cannot be parsed."""
+
+
+class RunDirBusyError(UserError):
+    """Another process holds the run directory's lock."""

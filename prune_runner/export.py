@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import open_temp
 from .errors import UserError
 from .registry import Registry
 
@@ -54,7 +54,7 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def _atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path next to `final`; on success rename it over `final`, else delete it."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp_name = open_temp(final)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -5,8 +5,10 @@ from its last epoch checkpoint)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -16,11 +18,24 @@ from rich.console import Console
 
 from .checkpoint import atomic_write_json, read_json
 from .config import STAGES, RunConfig
-from .distributed import DistInfo, barrier, init_distributed, shutdown
-from .errors import UserError
+from .distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
+from .errors import CheckpointError, RecordError, UserError
+from .locks import lock_run_dir
 from .methods import get_method
 from .metrics_log import MetricsLog
-from .records import StageCache, StageDir, config_hash, differing_keys, stage_config
+from .records import (
+    RECORD_FORMAT,
+    StageCache,
+    StageDir,
+    StageInputs,
+    chain,
+    config_hash,
+    differing_keys,
+    file_sha256,
+    link_or_copy,
+    own_config,
+    problem_with,
+)
 from .results import print_results
 from .stages import MAIN_ONLY, STAGE_FNS, StageRun
 from .state import RunState
@@ -53,7 +68,7 @@ def set_determinism(cfg: RunConfig) -> None:
 
 
 def _resume_from(cfg: RunConfig) -> tuple[Optional[str], dict]:
-    """resume_from=<run_dir>/<stage>: that stage's record and its upstream records."""
+    """resume_from=<run_dir>/<stage>: that stage's record and its upstream records, each intact."""
     if not cfg.resume_from:
         return None, {}
     src = Path(cfg.resume_from)
@@ -61,19 +76,21 @@ def _resume_from(cfg: RunConfig) -> tuple[Optional[str], dict]:
         raise UserError(f"resume_from={cfg.resume_from} must end in a stage folder: one of {', '.join(STAGES)}")
     records = {}
     for stage in STAGES[: STAGES.index(src.name) + 1]:
-        rec = read_json(src.parent / stage / "done.json")
+        rec = StageDir(src.parent, stage).record()
         if rec is None:
             raise UserError(f"resume_from={cfg.resume_from}: stage '{stage}' is not finished there")
+        problem = problem_with(rec)
+        if problem:
+            raise UserError(f"resume_from={cfg.resume_from}: stage '{stage}' cannot be used: {problem}; "
+                            "re-run that run first")
         records[stage] = rec
     return src.name, records
 
 
-def build_state(cfg: RunConfig, run_dir: Path, console: Console, overrides: str) -> RunState:
+def build_state(cfg: RunConfig, run_dir: Path, console: Console, overrides: str, dist: DistInfo) -> RunState:
     from .data import build_data
     from .models.torchvision_models import get_model_spec
 
-    dist = init_distributed("cuda" if cfg.device.startswith("cuda") or (
-        cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     device = resolve_device(cfg.device, dist)
     set_determinism(cfg)
     on_cuda = device.type == "cuda"
@@ -90,28 +107,53 @@ def build_state(cfg: RunConfig, run_dir: Path, console: Console, overrides: str)
     return state
 
 
-def _plan(cfg: RunConfig, run_dir: Path, has_reg: bool, upstream: dict, first: int) -> list:
-    """(stage, action, flat config, record) for every stage; action: upstream | done | run | not selected."""
-    plan = []
+def _base_checkpoint_sha(cfg: RunConfig) -> Optional[str]:
+    if not cfg.base_checkpoint:
+        return None
+    path = Path(cfg.base_checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"base_checkpoint={path} does not exist" if not path.exists() else
+                              f"base_checkpoint={path} is a folder; give the checkpoint.pt file in it")
+    return file_sha256(path)
+
+
+def _refuse_changed(cfg: RunConfig, run_dir: Path, has_reg: bool, inputs: StageInputs, upstream: dict) -> None:
+    """Before anything is written: a finished stage whose own config changed needs resume=overwrite."""
+    if cfg.resume == "overwrite":
+        return
     for stage in STAGES:
         if stage in upstream:
-            plan.append((stage, "upstream", None, upstream[stage]))
             continue
-        flat = stage_config(cfg, stage, has_reg, first_stage=STAGES[min(first, len(STAGES) - 1)],
-                            upstream_hash=upstream[STAGES[first - 1]]["hash"] if upstream else None)
-        record = StageDir(run_dir, stage).record()
-        if record is not None and record.get("hash") == config_hash(flat):
-            action = "done"
-        elif record is not None and cfg.resume != "overwrite":
-            keys = differing_keys(record.get("config", {}), flat)
+        try:
+            record = StageDir(run_dir, stage).record()
+        except RecordError:
+            continue  # unreadable: redone with a warning when the pipeline gets there
+        if record is None:
+            continue
+        if record.get("format") != RECORD_FORMAT:
+            raise UserError(f"{stage} in {run_dir} was finished by an older prune-runner; add resume=overwrite "
+                            "to redo it, or choose another run_dir")
+        old = {k: v for k, v in record.get("config", {}).items() if k != "upstream"}
+        keys = differing_keys(old, own_config(cfg, stage, has_reg, inputs))
+        if keys:
             raise UserError(f"{stage} in {run_dir} was finished with another config (differs in: {', '.join(keys)}); "
                             "add resume=overwrite to redo it, or choose another run_dir")
-        else:
-            action = "run" if stage in cfg.stages else "not selected"
-        plan.append((stage, action, flat, record))
-    return plan
 
 
+def _publish(state: RunState, stage_dir: StageDir, record: dict) -> None:
+    """A finished stage's rows and files at the top of the run dir, as if it had just run here."""
+    state.log.replace_stage(stage_dir.stage, record.get("log", []))
+
+    def put(name: str, kept: Path) -> None:
+        top = state.run_dir / name
+        if name == "results.json":
+            results = dict(json.loads(kept.read_text()), run_dir=str(state.run_dir), overrides=state.overrides)
+            if read_json(top) != results:
+                atomic_write_json(top, results)
+        elif not top.exists():
+            link_or_copy(kept, top)
+
+    stage_dir.publish_artifacts(put)
 def _report_architecture(state: RunState) -> None:
     """Each rank prints a fingerprint of its final model's shapes: they must agree under DDP."""
     if state.model is None and state.pending is None:
@@ -127,67 +169,150 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = Non
     cfg = validate(cfg)  # with the method's defaults filled in
     console = console or Console(soft_wrap=True)  # long paths stay on one line in logs
     run_dir = Path(run_dir)
-    state = build_state(cfg, run_dir, console, overrides)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run_dir={run_dir} is a file, not a folder; choose another run_dir")
+    dist = init_distributed("cuda" if cfg.device.startswith("cuda") or (
+        cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    lock = lock_run_dir(run_dir) if dist.is_main else None  # one writer per run dir, released even on SIGKILL
+    try:
+        return _run_locked(cfg, run_dir, console, overrides, dist)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(cfg: RunConfig, run_dir: Path, console: Console, overrides: str, dist: DistInfo) -> dict:
+    state = build_state(cfg, run_dir, console, overrides, dist)
+    state.base_sha = _base_checkpoint_sha(cfg)
+    inputs = StageInputs(dataset=state.data.fingerprint, base_checkpoint=state.base_sha,
+                         world_size=dist.world_size, amp=bool(state.precision.amp))
     has_reg = state.spec.regularizer is not None
-    cache = StageCache(cfg.out_root)
+    cache = StageCache(Path(cfg.out_root) / ".stage_cache", warn=state.warn)
     start_stage, upstream = _resume_from(cfg)
-    first = STAGES.index(start_stage) + 1 if start_stage else 0
-    plan = _plan(cfg, run_dir, has_reg, upstream, first)  # refuses a changed config before anything is written
+    _refuse_changed(cfg, run_dir, has_reg, inputs, upstream)
+    if dist.is_main:
+        for stage in STAGES:
+            StageDir(run_dir, stage).remove_temp_files()  # left by a killed run; this process holds the lock
+        if cfg.cache:
+            cache.remove_stale_temp()
     state.say(f"run dir: {run_dir}")
-    if state.dist.is_main:
-        atomic_write_json(run_dir / "config.json", asdict(cfg))  # the resolved config, with or without Hydra
-    ran = []
-    for stage, action, flat, record in plan:
+    if cfg.cache:
+        state.say(f"stage cache: {cache.root}")
+    ran: list = []
+    consumed: Optional[dict] = None  # the record whose model the next stage starts from
+    config_written = False
+    for stage in STAGES:
         stage_dir = StageDir(run_dir, stage)
-        if action == "upstream":  # taken from another run as is
-            source = str(Path(cfg.resume_from).parent / stage)
-            if state.dist.is_main:
-                stage_dir.reuse(record, record["config"], source)
+        if stage in upstream:  # taken from another run as is
+            source = Path(cfg.resume_from).parent / stage
+            record = upstream[stage]
+            if dist.is_main:
+                record = stage_dir.adopt(record, source, record["config"], consumed)
+            record = broadcast_object(dist, record)
             state.use_record(stage, record)
             state.say(f"{stage}: from {source}")
+            consumed = record
+            continue
+        flat = chain(own_config(cfg, stage, has_reg, inputs), consumed)
+        stage_hash = config_hash(flat)
+        action, record = broadcast_object(dist, _decide(state, stage, stage_dir, flat, stage_hash, cache)
+                                          if dist.is_main else None)
+        if action == "not selected":
             continue
         if action == "done":
             state.use_record(stage, record)
+            if dist.is_main:
+                _publish(state, stage_dir, record)
             state.say(f"{stage}: finished earlier, skipped")
-            continue
-        if action == "not selected":
-            continue
-        stage_hash = config_hash(flat)
-        if state.dist.is_main and record is not None:
-            stage_dir.clear()  # resume=overwrite and a changed config: redo this stage
-        hit = cache.lookup(stage, stage_hash) if cfg.cache else None
-        if hit is not None and Path(hit[1]).resolve() != stage_dir.path.resolve():
-            source, source_dir = hit
-            if state.dist.is_main:
-                stage_dir.reuse(source, flat, source_dir)
-            state.use_record(stage, dict(source, config=flat))
-            state.say(f"{stage}: reused from {source_dir}")
-            continue
-        if stage == "sparse_train" and not has_reg:
-            prev = state.records["pretrain"]
-            metrics = {**prev["metrics"], "skipped": "no regularizer"}
-            state.records[stage] = stage_dir.pass_through(prev, flat, metrics, write=state.dist.is_main)
+        elif action == "reuse":
+            entry = Path(record["entry"])
+            if dist.is_main:
+                record = stage_dir.adopt(record, entry, flat, consumed)
+                _publish(state, stage_dir, record)
+            record = broadcast_object(dist, record)
+            state.use_record(stage, record)
+            state.say(f"{stage}: reused from {record['reused_from']}")
+        elif action == "pass":
+            metrics = {**consumed["metrics"], "skipped": "no regularizer"}
+            state.records[stage] = record = stage_dir.pass_through(consumed, flat, metrics, [], write=dist.is_main)
             state.say(f"{stage}: skipped ({cfg.method.name} has no regularizer)")
-            continue
-        state.records[stage] = _run_stage(state, stage, stage_dir, flat, stage_hash, cache)
-        ran.append(stage)
+        else:
+            _check_inputs(state, stage)
+            with _entry_lock(state, cache, stage, stage_hash):
+                state.records[stage] = record = _run_stage(state, stage, stage_dir, flat, stage_hash, cache, consumed)
+            ran.append(stage)
+        if dist.is_main and action != "done" and not config_written:
+            atomic_write_json(run_dir / "config.json", asdict(cfg))  # the config the run dir's stages came from
+            config_written = True
+        consumed = record
     state.log.close()
     if state.dist.enabled:
         _report_architecture(state)
         shutdown(state.dist)
-    results = read_json(run_dir / "results.json")
+    results = read_json(run_dir / "results.json") if "eval" in state.records else None
     if results and "eval" not in ran and state.dist.is_main:
         print_results(console, results)  # a finished run: show its results again
     return state.records
 
 
+def _decide(state: RunState, stage: str, stage_dir: StageDir, flat: dict, stage_hash: str,
+            cache: StageCache) -> tuple[str, Optional[dict]]:
+    """(action, record): done | reuse (record of the cache entry) | pass | run | not selected."""
+    cfg = state.cfg
+    try:
+        record = stage_dir.record()
+    except RecordError as err:
+        state.warn(f"{stage}: {err}; computing the stage again")
+        record = None
+    if record is not None and record.get("hash") == stage_hash:
+        problem = problem_with(record)
+        if problem is None:
+            return "done", record
+        state.warn(f"{stage}: the finished stage cannot be used: {problem}; computing it again")
+    elif record is not None and cfg.resume == "auto" and stage in cfg.stages:
+        state.say(f"{stage}: its upstream stage changed; computing it again")
+    if stage not in cfg.stages:
+        return "not selected", None
+    if stage == "sparse_train" and state.spec.regularizer is None:
+        return "pass", None
+    if cfg.cache:
+        hit = cache.lookup(stage, stage_hash)
+        if hit is not None:
+            entry_record, entry = hit
+            return "reuse", dict(entry_record, entry=str(entry))
+    return "run", None
+
+
+@contextmanager
+def _entry_lock(state: RunState, cache: StageCache, stage: str, stage_hash: str):
+    """Rank 0 holds the cache entry of the stage it computes: a concurrent run of the same config waits
+    for it and then reuses the result. Under DDP no one waits (every rank must take the same path)."""
+    if not state.cfg.cache or state.dist.enabled:
+        yield
+        return
+    with cache.hold(stage, stage_hash, lambda pid: state.say(f"{stage}: process {pid} is computing the same "
+                                                             "stage; waiting for it")):
+        yield
+
+
+def _check_inputs(state: RunState, stage: str) -> None:
+    """A stage that needs the result of a stage this run neither has nor runs: one line, not a KeyError."""
+    needs = {"eval": ("pretrain", "prune")}.get(stage, ())
+    missing = [s for s in needs if s not in state.records]
+    if missing:
+        raise UserError(f"stage '{stage}' needs the results of {', '.join(missing)}: add them to stages=[...] "
+                        "(stages always run in the order " + ", ".join(STAGES) + ")")
+
+
 def _run_stage(state: RunState, stage: str, stage_dir: StageDir, flat: dict, stage_hash: str,
-               cache: StageCache) -> dict:
+               cache: StageCache, upstream: Optional[dict]) -> dict:
     cfg = state.cfg
     resume = None
     if cfg.resume == "auto":
         resume = stage_dir.latest_epoch(stage_hash, warn=lambda text: state.say(f"[yellow]{text}[/yellow]"))
     run = StageRun(stage, stage_dir, flat, stage_hash, resume)
+    if state.dist.is_main:
+        state.log.drop_from(stage, 0 if resume is None else resume["epoch"] + 1)  # rows about to be logged again
     state.say(f"[bold]{stage}[/bold]")
     if stage in MAIN_ONLY and state.dist.enabled:
         if state.dist.is_main:
@@ -198,13 +323,13 @@ def _run_stage(state: RunState, stage: str, stage_dir: StageDir, flat: dict, sta
         metrics, payload = STAGE_FNS[stage](state, run)
     record = None
     if state.dist.is_main:
+        log = state.log.rows(stage)
         if payload is None:  # the stage's output is its input model (eval)
-            upstream = state.records[STAGES[STAGES.index(stage) - 1]]
-            record = stage_dir.pass_through(upstream, flat, metrics)
+            record = stage_dir.pass_through(upstream, flat, metrics, log)
         else:
-            record = stage_dir.finish(payload, flat, metrics)
+            record = stage_dir.finish(payload, flat, metrics, log)
         if cfg.cache:
-            cache.add(stage, stage_hash, stage_dir.path)
+            cache.add(stage, stage_hash, stage_dir, record)
     if state.dist.enabled:
         barrier(state.dist)
         if record is None:

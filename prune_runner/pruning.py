@@ -126,6 +126,9 @@ def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: M
     """Small pruning steps until base MACs / current MACs >= target, or the step budget ends."""
     base_macs, base_params = counter.count(model)
     speed_up, step = 1.0, 0
+    if target <= 1.0:  # nothing to remove: the unpruned model already meets the target
+        return {"steps": 0, "speed_up": 1.0, "base_macs": base_macs, "macs": base_macs,
+                "base_params": base_params, "params": base_params}
     for step in range(1, pruner.iterative_steps + 1):
         if calibrate is not None:
             calibrate()

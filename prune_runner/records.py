@@ -1,34 +1,61 @@
-"""Stage completion records, config hashes, epoch checkpoints and the stage cache.
+"""Stage completion records, chained stage hashes, epoch checkpoints and the stage cache.
 
-A stage is finished when `<run_dir>/<stage>/done.json` exists; the record holds the
-hash of the config that affects the stage and everything upstream, the checkpoint's
-path and SHA-256, and the stage's metrics. The same hash keys the stage cache, so
-another run whose upstream config is identical reuses the output by reference.
+A stage is finished when `<run_dir>/<stage>/done.json` exists and the checkpoint it names still
+has the SHA-256 it records. The record's hash covers what determines the stage's output:
+  - the stage's own config keys (STAGE_KEYS),
+  - the inputs behind paths: the dataset's fingerprint and the base checkpoint's SHA-256,
+  - the environment that changes the numbers: world size (the batch is per rank) and precision,
+  - the upstream record the stage actually consumed: its hash and its checkpoint's SHA-256.
+So a stage whose upstream was redone, skipped or taken from another run gets another hash.
+
+The stage cache keeps finished stages as immutable entries under `<out_root>/.stage_cache/`,
+one folder per (stage, hash), whose files are hard links (or copies) of the outputs. Re-running
+or overwriting the run that produced an entry replaces that run's files by rename, so the entry,
+and every run that took its files from it, keeps the old content.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+import os
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from .checkpoint import atomic_write_json, load_checkpoint, read_json, save_checkpoint
 from .config import STAGES, RunConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, RecordError
+from .locks import wait_for
 
-# Config keys each stage depends on (its own; upstream keys are chained in by the hash).
+RECORD_FORMAT = 2  # records of format 1 hashed config text only; they are redone, never trusted
+
+# Config keys each stage depends on; upstream stages enter through the chained upstream record.
 STAGE_KEYS: Dict[str, List[str]] = {
     "pretrain": ["model.name", "model.pretrained", "model.input_size", "dataset.name", "dataset.augment",
-                 "dataset.train_limit", "schedule.pretrain", "seed", "base_checkpoint"],
+                 "dataset.train_limit", "schedule.pretrain", "seed"],
     "sparse_train": ["method.name", "method.reg", "method.reg_warmup", "method.alpha", "method.delta_reg",
-                     "method.reg_update_every", "schedule.sparse_train"],
-    "prune": ["method.name", "method.global_pruning", "method.normalizer", "method.calib_batches", "prune"],
-    "finetune": ["schedule.finetune"],
+                     "method.reg_update_every", "schedule.sparse_train", "seed"],
+    "prune": ["method.name", "method.global_pruning", "method.normalizer", "method.calib_batches", "prune", "seed"],
+    "finetune": ["schedule.finetune", "seed"],
     "eval": ["eval", "export"],
 }
-NO_REGULARIZER = {"sparse_train": "skipped: the method has no regularizer"}
+TRAINING_STAGES = ("pretrain", "sparse_train", "finetune")  # their result depends on the world size
+NO_REGULARIZER = "skipped: the method has no regularizer"
+# files a stage leaves at the top of the run dir; kept in the stage folder (and the cache) too,
+# so a finished or reused stage can always put them back
+ARTIFACTS: Dict[str, List[str]] = {"prune": ["sparsity.png"], "eval": ["results.json"]}
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What a run's stages depend on beyond the config text."""
+
+    dataset: str  # fingerprint of the data files (see Data.fingerprint)
+    base_checkpoint: Optional[str]  # SHA-256 of the base_checkpoint file, None without one
+    world_size: int
+    amp: bool  # bf16 autocast
 
 
 def _select(cfg: dict, dotted: str):
@@ -46,22 +73,29 @@ def _flatten(prefix: str, value, out: dict) -> None:
         out[prefix] = value
 
 
-def stage_config(cfg: RunConfig, stage: str, has_regularizer: bool, first_stage: str = STAGES[0],
-                 upstream_hash: Optional[str] = None) -> dict:
-    """Flat {key: value} of what `stage` depends on, upstream stages included.
-
-    With resume_from, the stages before `first_stage` come from another run: they
-    enter as that run's stage hash (`upstream_hash`) instead of their keys.
-    """
+def own_config(cfg: RunConfig, stage: str, has_regularizer: bool, inputs: StageInputs) -> dict:
+    """Flat {key: value} of what `stage` itself depends on (upstream excluded)."""
     plain = asdict(cfg)
-    flat: dict = {"upstream": upstream_hash} if upstream_hash else {}
-    for name in STAGES[STAGES.index(first_stage): STAGES.index(stage) + 1]:
-        if name == "sparse_train" and not has_regularizer:
-            flat["sparse_train"] = NO_REGULARIZER["sparse_train"]
-            continue
-        for key in STAGE_KEYS[name]:
+    flat: dict = {}
+    if stage == "sparse_train" and not has_regularizer:
+        flat["sparse_train"] = NO_REGULARIZER
+    else:
+        for key in STAGE_KEYS[stage]:
             _flatten(key, _select(plain, key), flat)
+    flat["input.dataset"] = inputs.dataset
+    if stage == "pretrain":
+        flat["input.base_checkpoint"] = inputs.base_checkpoint
+    if stage in TRAINING_STAGES:
+        flat["env.world_size"] = inputs.world_size
+    flat["env.amp"] = inputs.amp
     return flat
+
+
+def chain(own: dict, upstream: Optional[dict]) -> dict:
+    """The stage's full config: its own keys plus the upstream record it consumes (None: none)."""
+    link = None if upstream is None else {"stage": upstream["stage"], "hash": upstream["hash"],
+                                          "sha256": upstream["sha256"]}
+    return {**own, "upstream": link}
 
 
 def config_hash(flat: dict) -> str:
@@ -72,45 +106,132 @@ def differing_keys(old: dict, new: dict) -> List[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def problem_with(record: dict) -> Optional[str]:
+    """Why a completion record cannot be trusted, or None when its checkpoint is intact."""
+    if record.get("format") != RECORD_FORMAT:
+        return "it was written by an older prune-runner"
+    path = Path(record["checkpoint"])
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return f"its checkpoint {path} is missing"
+    if size != record.get("size") or file_sha256(path) != record["sha256"]:
+        return f"its checkpoint {path} is truncated or changed (checksum mismatch)"
+    return None
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Put `src`'s content at `dst` atomically: a hard link where the filesystem allows, else a copy."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    if src.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+        return
+    try:
+        os.link(src, tmp)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 class StageDir:
-    """Files of one stage: epoch checkpoints (last two kept), final checkpoint, done record."""
+    """Files of one stage: epoch checkpoints (last two kept), final checkpoint, done record, artifacts."""
 
     def __init__(self, run_dir: Path, stage: str):
         self.stage = stage
-        self.path = Path(run_dir) / stage
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / stage
         self.record_path = self.path / "done.json"
         self.checkpoint_path = self.path / "checkpoint.pt"
 
     def record(self) -> Optional[dict]:
-        return read_json(self.record_path)
+        """The completion record, its checkpoint path made absolute (on disk it is relative to the run
+        dir, so a run dir can be moved or copied whole)."""
+        record = read_json(self.record_path)
+        if record is not None and "checkpoint" in record:
+            record["checkpoint"] = str((self.run_dir / record["checkpoint"]).resolve())
+        return record
 
-    def finish(self, payload: dict, flat: dict, metrics: dict, keep_epochs: bool = False) -> dict:
+    def _write(self, record: dict) -> dict:
+        on_disk = dict(record, checkpoint=os.path.relpath(record["checkpoint"], self.run_dir.resolve()))
+        atomic_write_json(self.record_path, on_disk)
+        return record
+
+    def _record(self, flat: dict, checkpoint: Path, sha: str, size: int, metrics: dict, log: list,
+                output: str) -> dict:
+        return {"format": RECORD_FORMAT, "stage": self.stage, "hash": config_hash(flat), "config": flat,
+                "checkpoint": str(Path(checkpoint).resolve()), "sha256": sha, "size": size, "metrics": metrics,
+                "log": log, "output": output, "source": str(self.path.resolve())}
+
+    def finish(self, payload: dict, flat: dict, metrics: dict, log: list) -> dict:
+        """Write the final checkpoint, then the record: until the record is written the old one stands,
+        and a record whose checkpoint does not match it is noticed (problem_with) and redone."""
         sha = save_checkpoint(self.checkpoint_path, payload)
-        record = {"stage": self.stage, "hash": config_hash(flat), "config": flat, "checkpoint": str(
-            self.checkpoint_path.resolve()), "sha256": sha, "metrics": metrics}
-        atomic_write_json(self.record_path, record)
-        if not keep_epochs:
-            for f in self.path.glob("epoch_*"):
-                f.unlink(missing_ok=True)
-        return record
-
-    def reuse(self, source: dict, flat: dict, source_dir: str) -> dict:
-        """Record a finished stage of another run as ours, by reference (its files stay read-only)."""
-        record = dict(source, config=flat, reused_from=source_dir)
-        atomic_write_json(self.record_path, record)
-        return record
-
-    def pass_through(self, upstream: dict, flat: dict, metrics: dict, write: bool = True) -> dict:
-        """Finish a stage whose output is its input model: the record points at the upstream checkpoint."""
-        record = {"stage": self.stage, "hash": config_hash(flat), "config": flat, "checkpoint": upstream["checkpoint"],
-                  "sha256": upstream["sha256"], "metrics": metrics}
-        if write:  # rank 0 only under DDP
-            atomic_write_json(self.record_path, record)
-        return record
-
-    def clear(self) -> None:
-        for f in list(self.path.glob("epoch_*")) + [self.record_path, self.checkpoint_path]:
+        record = self._record(flat, self.checkpoint_path, sha, self.checkpoint_path.stat().st_size, metrics, log,
+                              "own")
+        self.keep_artifacts()
+        self._write(record)
+        for f in self.path.glob("epoch_*"):
             f.unlink(missing_ok=True)
+        return record
+
+    def pass_through(self, upstream: dict, flat: dict, metrics: dict, log: list, write: bool = True) -> dict:
+        """Finish a stage whose output is its input model: the record points at the upstream checkpoint."""
+        record = self._record(flat, upstream["checkpoint"], upstream["sha256"], upstream["size"], metrics, log,
+                              "upstream")
+        if write:  # rank 0 only under DDP
+            self.keep_artifacts()
+            self._write(record)
+        return record
+
+    def adopt(self, source: dict, source_dir: Path, flat: dict, upstream: Optional[dict]) -> dict:
+        """Take a finished stage from the cache or another run: its files are linked or copied in, so
+        this run keeps them whatever later happens to the source."""
+        if source["output"] == "own":
+            link_or_copy(Path(source_dir) / "checkpoint.pt", self.checkpoint_path)
+            checkpoint = self.checkpoint_path
+        else:
+            checkpoint = Path(upstream["checkpoint"])
+        for name in ARTIFACTS.get(self.stage, []):
+            if (Path(source_dir) / name).exists():
+                link_or_copy(Path(source_dir) / name, self.path / name)
+        record = dict(self._record(flat, checkpoint, source["sha256"], source["size"], source["metrics"],
+                                   source.get("log", []), source["output"]), reused_from=source["source"])
+        return self._write(record)
+
+    def keep_artifacts(self) -> None:
+        """Copy the stage's files at the top of the run dir into the stage folder."""
+        for name in ARTIFACTS.get(self.stage, []):
+            top = self.run_dir / name
+            if top.exists():
+                link_or_copy(top, self.path / name)
+
+    def publish_artifacts(self, rewrite: Callable[[str, Path], None]) -> None:
+        """Put the stage's files back at the top of the run dir where they are missing.
+        `rewrite(name, path)` writes a file whose content names the run (results.json)."""
+        for name in ARTIFACTS.get(self.stage, []):
+            kept = self.path / name
+            if kept.exists():
+                rewrite(name, kept)
+
+    def remove_temp_files(self) -> None:
+        for f in self.path.glob(".*.tmp"):
+            if f.is_dir():
+                shutil.rmtree(f, ignore_errors=True)
+            else:
+                f.unlink(missing_ok=True)
 
     # -- epoch checkpoints -------------------------------------------------
     def save_epoch(self, epoch: int, payload: dict, stage_hash: str) -> None:
@@ -131,28 +252,87 @@ class StageDir:
                 if meta.get("hash") != stage_hash:
                     continue
                 return load_checkpoint(pt, expected_sha=meta["sha256"])
-            except CheckpointError as err:
+            except (CheckpointError, RecordError) as err:
                 warn(f"{err}; falling back to the previous epoch checkpoint")
         return None
 
 
 class StageCache:
-    """<out_root>/.stage_cache/<stage>-<hash>.json -> the stage folder that produced it."""
+    """<root>/<stage>-<hash>/: done.json plus the stage's files, immutable once written."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root) / ".stage_cache"
+    def __init__(self, root: Path, warn: Callable[[str], None] = lambda text: None):
+        self.root = Path(root)
+        self.warn = warn
+
+    def entry(self, stage: str, stage_hash: str) -> Path:
+        return self.root / f"{stage}-{stage_hash}"
 
     def lookup(self, stage: str, stage_hash: str) -> Optional[tuple]:
-        entry = read_json(self.root / f"{stage}-{stage_hash}.json")
-        if not entry:
+        """(record, entry folder) of an intact entry; a damaged entry is named and dropped."""
+        folder = self.entry(stage, stage_hash)
+        if not folder.is_dir():
             return None
         try:
-            record = read_json(Path(entry["stage_dir"]) / "done.json")
-        except CheckpointError:
+            record = read_json(folder / "done.json")
+            if record is None or record.get("hash") != stage_hash:
+                raise RecordError(f"stage cache entry {folder} has no record of this config")
+            if record["output"] == "own":
+                problem = problem_with(dict(record, checkpoint=str(folder / "checkpoint.pt")))
+                if problem:
+                    raise RecordError(f"stage cache entry {folder} is damaged: {problem}")
+        except (RecordError, KeyError) as err:
+            self.warn(f"{err}; it is dropped and the stage is computed again")
+            self._drop(folder)
             return None
-        if not record or record.get("hash") != stage_hash or not Path(record["checkpoint"]).exists():
-            return None
-        return record, entry["stage_dir"]
+        return record, folder
 
-    def add(self, stage: str, stage_hash: str, stage_dir: Path) -> None:
-        atomic_write_json(self.root / f"{stage}-{stage_hash}.json", {"stage_dir": str(Path(stage_dir).resolve())})
+    def add(self, stage: str, stage_hash: str, stage_dir: StageDir, record: dict) -> None:
+        """Store a finished stage: built in a temp folder, then renamed into place (first writer wins)."""
+        folder = self.entry(stage, stage_hash)
+        if folder.is_dir():
+            return
+        tmp = self.root / f".{folder.name}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if record["output"] == "own":
+            link_or_copy(stage_dir.checkpoint_path, tmp / "checkpoint.pt")
+        for name in ARTIFACTS.get(stage, []):
+            if (stage_dir.path / name).exists():
+                link_or_copy(stage_dir.path / name, tmp / name)
+        atomic_write_json(tmp / "done.json", record)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process stored the same stage first
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def hold(self, stage: str, stage_hash: str, on_wait: Callable[[str], None]):
+        """Lock one entry while computing it, so concurrent runs of one config compute it once."""
+        return wait_for(self.root / f".{stage}-{stage_hash}.lock", on_wait)
+
+    def _drop(self, folder: Path) -> None:
+        trash = folder.with_name(f".{folder.name}-dropped.{os.getpid()}.tmp")
+        try:
+            os.rename(folder, trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def remove_stale_temp(self) -> None:
+        """Temp folders of processes that no longer exist (killed while storing an entry)."""
+        for tmp in self.root.glob(".*.tmp"):
+            pid = tmp.name.split(".")[-2] if tmp.name.count(".") >= 3 else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["STAGES", "StageCache", "StageDir", "StageInputs", "chain", "config_hash", "own_config"]

@@ -11,11 +11,11 @@ import json
 import logging
 import os
 import statistics
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import open_temp
 from .config import STAGES
 from .errors import UserError
 
@@ -321,7 +321,7 @@ def _relative(path: Path, root: Path) -> str:
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file next to `path`, then rename over it (no half-written report)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = open_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -37,8 +37,10 @@ def _setup(state) -> dict:
     the model (a skipped sparse_train counts), the base checkpoint and the run it resumed from."""
     cfg, records = state.cfg, state.records
     not_run = [s for s in STAGES[:-1] if s not in records]  # not selected (stages=[...]); a skip is a record
-    last = records[[s for s in STAGES[:-1] if s in records][-1]]
-    config = {k: v for k, v in last.get("config", {}).items() if k != "seed"}
+    # each stage's own config and inputs; the seed and the link to the upstream record (whose hash and
+    # checkpoint depend on the seed) left out, so that the seeds of one setup share its key
+    config = {stage: {k: v for k, v in records[stage].get("config", {}).items() if k not in ("seed", "upstream")}
+              for stage in STAGES[:-1] if stage in records}
     text = json.dumps({"config": config, "not_run": not_run}, sort_keys=True, default=str)
     return {"key": hashlib.sha256(text.encode()).hexdigest()[:12], "stages_not_run": not_run,
             "base_checkpoint": cfg.base_checkpoint, "resume_from": cfg.resume_from}

@@ -110,7 +110,7 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
 def pretrain(state: RunState, run: StageRun):
     cfg = state.cfg
     if cfg.base_checkpoint:
-        state.model, state.history = state.load(Path(cfg.base_checkpoint))
+        state.model, state.history = state.load(Path(cfg.base_checkpoint), state.base_sha)  # the file hashed
         state.say(f"pretrain: loaded {cfg.base_checkpoint}")
     else:
         torch.manual_seed(cfg.seed)  # the same initial weights for every run of this seed

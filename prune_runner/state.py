@@ -36,6 +36,7 @@ class RunState:
     pending: Optional[tuple] = None  # (checkpoint path, sha256) to load when a stage needs the model
     records: Dict[str, dict] = field(default_factory=dict)  # finished stage -> completion record
     overrides: str = ""  # the key command-line overrides that name the run (for reports)
+    base_sha: Optional[str] = None  # SHA-256 of base_checkpoint, hashed into pretrain and checked on load
 
     @property
     def num_classes(self) -> int:
@@ -44,6 +45,9 @@ class RunState:
     def say(self, text: str) -> None:
         if self.dist.is_main:
             self.console.print(text)
+
+    def warn(self, text: str) -> None:
+        self.say(f"[yellow]{text}[/yellow]")
 
     def use_record(self, stage: str, record: dict) -> None:
         """A finished stage: its checkpoint becomes the model, loaded when next needed."""

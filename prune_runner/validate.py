@@ -56,11 +56,19 @@ def validate(cfg: RunConfig) -> RunConfig:
         _non_negative(f"method.{key}", getattr(m, key))
     for key in ("reg_warmup", "reg_update_every", "calib_batches"):
         _non_negative(f"method.{key}", getattr(m, key))
+    calibration = METHODS.get(m.name).calibration
+    _check(calibration is None or m.calib_batches >= 1,
+           f"method.calib_batches={m.calib_batches} is invalid for method {m.name}: it scores channels from "
+           "calibration batches, so it needs at least 1")
+    _check(0 <= cfg.seed < 2**32, f"seed={cfg.seed} is invalid; it must be in [0, 2^32) (the generators keep 32 bits)")
     for stage in ("pretrain", "sparse_train", "finetune"):
         s = getattr(cfg.schedule, stage)
         for key in ("epochs", "lr", "momentum", "weight_decay", "warmup_epochs", "lr_gamma"):
             _non_negative(f"schedule.{stage}.{key}", getattr(s, key))
         _check(s.batch_size >= 1, f"schedule.{stage}.batch_size={s.batch_size} is invalid; it must be >= 1")
+        _check(all(0 <= x <= 1 for x in s.milestones) and list(s.milestones) == sorted(s.milestones),
+               f"schedule.{stage}.milestones={list(s.milestones)} is invalid; they are increasing fractions of "
+               "the epochs, each in [0, 1]")
         if s.lr_schedule not in LR_SCHEDULES:
             raise UnknownChoiceError(f"schedule.{stage}.lr_schedule", s.lr_schedule, LR_SCHEDULES)
     p = cfg.prune

@@ -6,6 +6,8 @@ Two implementations: `TensorData` (whole split as uint8 on the device, batched a
 
 from __future__ import annotations
 
+import hashlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,6 +47,9 @@ class Data(ABC):
     `batch_size` in `train_batches` is per rank: with world_size ranks one optimizer step sees
     world_size * batch_size samples.
     """
+
+    # what the stage cache hashes for "the same data": content digests or a folder listing, never a path
+    fingerprint: str = "unknown"
 
     def __init__(self, name: str, num_classes: int, opts: DataOptions, num_train: int, num_test: int):
         self.name = name
@@ -131,3 +136,25 @@ def check_options(opts: DataOptions) -> None:
         raise UserError(f"train_limit {opts.train_limit} must be a positive sample count or null")
     if opts.workers < 0:
         raise UserError(f"workers {opts.workers} must be 0 or more")
+
+
+def tensors_fingerprint(*tensors: torch.Tensor) -> str:
+    """SHA-256 of the tensors' bytes (small in-memory sets)."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def folder_fingerprint(*folders: str) -> str:
+    """SHA-256 over every file's relative path, size and modification time (no file is read):
+    another folder, a file moved to another class, or a replaced image changes it."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for parent, dirs, files in os.walk(folder):
+            dirs.sort()
+            for name in sorted(files):
+                st = os.stat(os.path.join(parent, name))
+                rel = os.path.relpath(os.path.join(parent, name), folder)
+                digest.update(f"{os.path.basename(folder)}/{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

@@ -1,18 +1,24 @@
 """CIFAR-10 and CIFAR-100 from the official python-pickle archives.
 
 The archive is fetched with torchvision's downloader (official URL and md5) when the extracted
-folder is missing; the batches are read here into uint8 tensors (no torchvision dataset class).
+folder is missing. A batch file is a pickle, and unpickling a planted file can run code, so
+each file must first match its published MD5 (torchvision's table), and is then read by an
+unpickler that builds only the types the format holds (dicts, lists, bytes, str, ints and numpy
+uint8 arrays); anything else is refused with one line.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import os
 import pickle
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torchvision.datasets
 from torchvision.datasets.utils import download_and_extract_archive
 
 from ..errors import UserError
@@ -88,18 +94,55 @@ def ensure_extracted(name: str, source: CifarSource, root: str, download: bool) 
     return folder
 
 
+def published_md5s() -> dict[str, str]:
+    """file name -> MD5 of the official CIFAR-10/100 batch files, from torchvision's dataset classes."""
+    table = {}
+    for cls in (torchvision.datasets.CIFAR10, torchvision.datasets.CIFAR100):
+        for file, md5 in cls.train_list + cls.test_list:
+            table[f"{cls.base_folder}/{file}"] = md5
+    return table
+
+
+# the only globals a CIFAR batch pickle needs: numpy's array reconstruction (numpy 1.x and 2.x names)
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+}
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """Builds plain containers and numpy arrays; any other global (os.system, eval, ...) is refused."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load global '{module}.{name}' (not part of the CIFAR format)")
+
+
+def read_batch_file(path: str, folder_name: str) -> dict:
+    """One batch, checked against its published MD5, then restricted-unpickled."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    expected = published_md5s().get(f"{folder_name}/{os.path.basename(path)}")
+    actual = hashlib.md5(raw).hexdigest()
+    if expected is not None and actual != expected:
+        raise UserError(f"CIFAR batch {path} has MD5 {actual}, not the published {expected}; it was changed or "
+                        "is incomplete: delete the folder and download again")
+    return BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
+
+
 def read_batches(folder: str, files: tuple[str, ...], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenate pickled batches ({b'data': uint8 (N, 3072), label_key: list}) into tensors."""
     images, labels = [], []
     for file in files:
         path = os.path.join(folder, file)
         try:
-            with open(path, "rb") as handle:
-                batch = pickle.load(handle, encoding="bytes")
+            batch = read_batch_file(path, os.path.basename(folder))
             data = batch[b"data"] if b"data" in batch else batch["data"]
             key = label_key.encode()
             batch_labels = batch[key] if key in batch else batch[label_key]
-        except (OSError, pickle.UnpicklingError, KeyError, EOFError) as err:
+        except (OSError, pickle.UnpicklingError, KeyError, EOFError, ValueError, TypeError, AttributeError) as err:
             reason = one_line(err)
             raise UserError(f"cannot read CIFAR batch {path} ({reason}); re-extract the archive") from None
         images.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, SIDE, SIDE))
@@ -118,7 +161,20 @@ def load_cifar_tensors(name: str, root: str, download: bool) -> ImageTensors:
 
 
 def build_cifar(name: str, opts: DataOptions) -> Data:
-    return data_from_tensors(name, load_cifar_tensors(name, opts.root, opts.download), opts)
+    data = data_from_tensors(name, load_cifar_tensors(name, opts.root, opts.download), opts)
+    data.fingerprint = cifar_fingerprint(name, opts.root)
+    return data
+
+
+def cifar_fingerprint(name: str, root: str) -> str:
+    """SHA-256 over the MD5s of the batch files (already checked, or our own test files)."""
+    source = CIFAR_SOURCES[name]
+    folder = os.path.join(os.path.expanduser(root), source.folder)
+    digest = hashlib.sha256()
+    for file in source.train_files + source.test_files:
+        with open(os.path.join(folder, file), "rb") as handle:
+            digest.update(f"{file}:{hashlib.md5(handle.read()).hexdigest()}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 for _name in CIFAR_SOURCES:

@@ -11,7 +11,7 @@ import functools
 import numpy as np
 import torch
 
-from .base import DATASETS, Data, DataOptions
+from .base import DATASETS, Data, DataOptions, tensors_fingerprint
 from .loader_data import data_from_tensors
 from .tensor_data import ImageTensors, channel_stats
 
@@ -52,4 +52,7 @@ def load_digits_tensors() -> ImageTensors:
 
 @DATASETS.register("digits")
 def build_digits(opts: DataOptions) -> Data:
-    return data_from_tensors("digits", load_digits_tensors(), opts)
+    tensors = load_digits_tensors()
+    data = data_from_tensors("digits", tensors, opts)
+    data.fingerprint = tensors_fingerprint(tensors.train_x, tensors.train_y, tensors.test_x, tensors.test_y)
+    return data

@@ -17,7 +17,7 @@ from torchvision.datasets.folder import find_classes
 from torchvision.transforms import v2
 
 from ..errors import UserError
-from .base import DATASETS, Data, DataOptions
+from .base import DATASETS, Data, DataOptions, folder_fingerprint
 from .loader_data import LoaderData, data_from_tensors
 from .tensor_data import ImageTensors
 
@@ -89,8 +89,14 @@ def decode_all(dataset, workers: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_folder(name: str, opts: DataOptions, eval_names: tuple[str, ...]) -> Data:
-    root, size = os.path.expanduser(opts.root), opts.input_size
-    train_dir, eval_dir = split_folders(name, root, eval_names)
+    train_dir, eval_dir = split_folders(name, os.path.expanduser(opts.root), eval_names)
+    data = _build_folder(name, opts, train_dir, eval_dir)
+    data.fingerprint = folder_fingerprint(train_dir, eval_dir)
+    return data
+
+
+def _build_folder(name: str, opts: DataOptions, train_dir: str, eval_dir: str) -> Data:
+    size = opts.input_size
     center = [v2.ToImage(), v2.Resize(eval_resize(size), antialias=True), v2.CenterCrop(size)]
     to_float = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if opts.in_memory:
