@@ -75,3 +75,18 @@ def test_sweep_over_torchvision_model_names(tmp_path):
         assert "model.name" not in str(run_dir)
         assert json.loads((run_dir / "config.json").read_text())["model"]["name"] == model
         assert (run_dir / "pretrain" / "done.json").exists()
+
+
+def test_seeds_of_one_setup_share_a_row_and_a_base_checkpoint_run_gets_its_own(tmp_path):
+    out = tmp_path / "outputs"
+    common = ["method=l1", "model=resnet20", "prune.speed_up=1.2", "schedule.pretrain.epochs=1",
+              "schedule.finetune.epochs=0", "eval.latency=false", *FAST, f"out_root={out}"]
+    assert run_cli(["-m", "seed=0,1", *common], cwd=tmp_path).returncode == 0
+    (seed0,) = out.glob("digits/resnet20/l1/*/seed0")
+    proc = run_cli([*common, f"base_checkpoint={seed0 / 'pretrain' / 'checkpoint.pt'}", f"run_dir={tmp_path / 'b'}"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from prune_runner.report import aggregate, scan_runs
+
+    rows = aggregate(scan_runs(tmp_path)[0])
+    assert sorted((r["n"], "base_checkpoint=" in r["overrides"]) for r in rows) == [(1, True), (2, False)]
