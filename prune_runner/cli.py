@@ -2,13 +2,19 @@
 
 Before Hydra composes anything, the command-line overrides are checked against the
 registries and the typed schema, so a typo gives one line naming the valid choices
-instead of a traceback.
+instead of a traceback. Two rewrites make commands work as users write them:
+a torchvision model name becomes a `model` group option of its own (so sweeps over
+such names work), and path options take their value literally (derived run
+directories hold `=` and `,`, which Hydra's override grammar would read as syntax).
 """
 
 from __future__ import annotations
 
 import gc
 import itertools
+import os
+import re
+import shlex
 import sys
 from importlib import resources
 from pathlib import Path
@@ -23,7 +29,10 @@ from .config import RunConfig
 from .errors import UnknownChoiceError, UserError
 
 GROUPS = ("model", "dataset", "method", "schedule", "experiment")
+# options whose value is a path, taken literally (quoted for Hydra) unless quoted or a choice()/glob() sweep
+PATH_KEYS = ("run_dir", "out_root", "resume_from", "base_checkpoint", "dataset.root")
 FAILED: List[str] = []  # multirun jobs that failed, listed at the end of the sweep
+ARGV: List[str] = []  # the command line as the user typed it (for the re-prune command)
 
 
 def _run_dir(run_dir, out_root, dataset, model, method, overrides, seed) -> str:
@@ -64,11 +73,29 @@ def _check_value(key: str, value: str) -> None:
         raise UserError(f"invalid value '{value}' for {key}: {first}") from None
 
 
+def quote_paths(argv: List[str]) -> List[str]:
+    """argv with the values of PATH_KEYS single-quoted for Hydra, so `=` and `,` in them are plain text."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+~") in PATH_KEYS and value not in ("", "null") and value[0] not in "'\"" \
+                and not re.match(r"(choice|glob)\(", value):
+            escaped = value.replace("'", "\\'")  # Hydra's escape for a quote inside a quoted value
+            arg = f"{key}='{escaped}'"
+        out.append(arg)
+    return out
+
+
 def preflight(argv: List[str]) -> List[str]:
-    """Validate `key=value` overrides; returns argv with torchvision model names rewritten."""
+    """Validate `key=value` overrides; returns argv with path values quoted for Hydra's grammar.
+
+    A torchvision model name that has no YAML of its own is stored as a `model` group option in Hydra's
+    ConfigStore, so `model=efficientnet_b0` and sweeps such as `model=efficientnet_b0,resnet20` compose
+    like any other group choice (the ConfigStore travels with submitit's jobs to the cluster)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     out: List[str] = []
+    argv = quote_paths(argv)
     words = [a for a in argv if not a.startswith("-") and "=" in a]
     try:
         parsed = OverridesParser.create().parse_overrides(words)
@@ -88,22 +115,79 @@ def preflight(argv: List[str]) -> List[str]:
             for value in values:
                 if value in options or (key == "experiment" and value == "null"):
                     continue
-                if key == "model" and len(values) == 1 and _is_torchvision(value):
-                    out += ["model=torchvision", f"model.name={value}"]
-                    break
+                if key == "model" and _is_torchvision(value):
+                    ConfigStore.instance().store(group="model", name=value, node={"name": value})
+                    continue
                 if key == "model":
                     from .models import list_models
 
                     raise UserError(f"unknown model '{value}'; choose one of: {', '.join(list_models())}, "
                                     "or any torchvision classification model name")
                 raise UnknownChoiceError(key, value, options)
-            else:
-                out.append(arg)
+            out.append(arg)
             continue
         for value in values:
             _check_value(key.lstrip("+"), value)
         out.append(arg)
     return out
+
+
+def preset_notes(argv: List[str]) -> List[str]:
+    """What an `experiment` preset keeps of its own over a group chosen on the same command line.
+
+    A group chosen on the command line replaces the preset's choice of that group; the preset's own values
+    under that group (e.g. method.reg) still apply unless set on the command line too. One line per group."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    words = [a for a in argv if not a.startswith("-") and "=" in a]
+    parsed = OverridesParser.create().parse_overrides(words)
+    choices = {o.key_or_group: o for o in parsed if o.key_or_group in GROUPS}
+    explicit = {o.key_or_group.lstrip("+~") for o in parsed}
+    if "experiment" not in choices:
+        return []
+    experiment = choices["experiment"]
+    presets = (list(experiment.sweep_string_iterator()) if experiment.is_sweep_override()
+               else [experiment.get_value_element_as_str()])
+    notes = []
+    for preset in presets:
+        path = resources.files("prune_runner.conf") / "experiment" / f"{preset}.yaml"
+        if not path.is_file():
+            continue
+        body = OmegaConf.create(path.read_text())
+        for group, override in choices.items():
+            if group == "experiment" or group not in body:
+                continue
+            flat = OmegaConf.to_container(body[group])
+            kept = {f"{group}.{k}": v for k, v in _flatten(flat).items() if f"{group}.{k}" not in explicit}
+            if kept:
+                values = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in kept.items())
+                notes.append(f"note: {group}={override.get_value_element_as_str()} replaces the {group} of "
+                             f"experiment={preset}, whose own {values} still apply (set them on the command line "
+                             "to change them)")
+    return notes
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def reprune_command(argv: List[str], run_dir: Path, speed_up: float) -> str:
+    """The command that prunes again from this run's sparse_train stage, at speed-up + 1.
+
+    The run dir is derived again (its prune.speed_up part differs), so the new run never writes here."""
+    drop = ("run_dir", "resume_from", "resume", "prune.speed_up")
+    kept = [a for a in argv if a.partition("=")[0].lstrip("+~") not in drop]
+    stage = run_dir.absolute() / "sparse_train"
+    if stage.is_relative_to(Path.cwd()):  # as the user would write it: relative to where they are
+        stage = stage.relative_to(Path.cwd())
+    new = [f"prune.speed_up={speed_up + 1:g}", f"resume_from={stage}"]
+    return shlex.join(["prune-run", *kept, *new])
 
 
 def _is_torchvision(name: str) -> bool:
@@ -125,6 +209,9 @@ def _app(dcfg: DictConfig) -> None:
     run_dir = Path(cfg.run_dir) if cfg.run_dir else Path(hc.runtime.output_dir)
     try:
         run_pipeline(cfg, run_dir, overrides=hc.job.override_dirname)
+        if not multirun and os.environ.get("RANK", "0") == "0" and (run_dir / "sparse_train" / "done.json").exists():
+            print(f"to prune this run's sparse_train output again, at another speed-up:\n"
+                  f"  {reprune_command(ARGV, run_dir, cfg.prune.speed_up)}", flush=True)
     except UserError as err:
         print(f"prune-run: error: {err}", file=sys.stderr, flush=True)
         if not multirun:
@@ -179,6 +266,8 @@ def _print_sweep_configs(argv: List[str]) -> None:
 
 
 def main() -> None:
+    FAILED.clear()  # main() may run several times in one process (tests)
+    ARGV[:] = sys.argv[1:]
     argv = sys.argv[1:]
     try:
         if {"-m", "--multirun"} & set(argv) and {"--cfg", "-c"} & set(argv):
@@ -188,6 +277,8 @@ def main() -> None:
     except UserError as err:
         print(f"prune-run: error: {err}", file=sys.stderr)
         sys.exit(2)
+    for note in preset_notes(sys.argv[1:]):
+        print(f"prune-run: {note}", flush=True)
     try:
         _app()
     except KeyboardInterrupt:

@@ -30,13 +30,13 @@ class DatasetConfig:
 @dataclass
 class MethodConfig:
     name: str = "group_norm"  # registry key: prune_runner.methods.list_methods()
-    # regularization coefficient (after warm-up); ignored by methods without a regularizer;
-    # None = the method's default for the schedule (prune_runner/method_defaults.py)
-    reg: Optional[float] = None
+    # None: the method's default (regularizers.py; stronger for short schedules, method_defaults.py);
+    # filled in before a run starts
+    reg: Optional[float] = None  # regularization coefficient (after warm-up); unused without a regularizer
     reg_warmup: int = 0  # epochs over which the coefficient ramps linearly from 0 to `reg`
-    alpha: float = 4.0  # group_norm: per-group scaling spans [2^0, 2^alpha]
-    delta_reg: Optional[float] = None  # growing_reg: coefficient growth per update; None = per schedule, as reg
-    reg_update_every: int = 0  # growing_reg: optimizer steps between coefficient updates; 0 = once per epoch
+    alpha: Optional[float] = None  # group_norm: per-group scaling spans [2^0, 2^alpha]
+    delta_reg: Optional[float] = None  # growing_reg: increment of the per-channel coefficient per update
+    reg_update_every: Optional[int] = None  # growing_reg: optimizer steps between updates; 0 = once per epoch
     global_pruning: bool = False  # rank channels across layers instead of within each layer
     normalizer: Optional[str] = None  # per-group score normalization: mean | max | sum | ...; None = criterion's
     calib_batches: int = 4  # taylor / obdc: batches of forward+backward before every pruning step

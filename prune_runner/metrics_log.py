@@ -18,14 +18,8 @@ class MetricsLog:
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         self._tb_dir = Path(run_dir) / "tensorboard" if enabled and logger == "tensorboard" else None
-        if logger not in ("jsonl", "tensorboard"):
-            raise UserError(f"unknown logger '{logger}'; choose one of: jsonl, tensorboard")
-        if self._tb_dir is not None:
-            try:
-                import tensorboard  # noqa: F401  (checked now, used at the first log call)
-            except ImportError:
-                raise UserError("logger=tensorboard needs the optional dependency: "
-                                "pip install 'prune-runner[tensorboard]'") from None
+        # the logger name and the tensorboard package are checked with the config, before the first stage
+        # (validate.py); a missing package here fails at the first log call
         self._global = {}
 
     def log(self, stage: str, epoch: int, **metrics) -> None:

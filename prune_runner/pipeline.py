@@ -21,7 +21,6 @@ from .config import STAGES, RunConfig
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from .errors import CheckpointError, RecordError, UserError
 from .locks import lock_run_dir
-from .method_defaults import resolve_method_defaults
 from .methods import get_method
 from .metrics_log import MetricsLog
 from .records import (
@@ -174,8 +173,7 @@ def _report_architecture(state: RunState) -> None:
 
 def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = None, overrides: str = "") -> dict:
     """Run (or resume) every configured stage in `run_dir`; returns the completion records."""
-    cfg = resolve_method_defaults(cfg)  # before hashing: the stage hash sees the value that is used
-    validate(cfg)
+    cfg = validate(cfg)  # with the method's defaults for its schedule filled in: what the stages hash
     console = console or Console(soft_wrap=True)  # long paths stay on one line in logs
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():

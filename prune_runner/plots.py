@@ -46,75 +46,80 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 # --- accuracy vs speed-up ----------------------------------------------------------------------------
 
+PANEL_COLUMNS = 3  # dataset/model panels per row
+PANEL_SIZE = (4.6, 3.4)  # inches per panel
+LEGEND_WIDTH = 1.8  # inches right of the panels for the one legend
+MARKERS = "osD^v<>pPX*h"
 
-def _series_name(row: dict, several_pairs: bool) -> str:
-    name = row["method"]
-    return f"{row['dataset']}/{row['model']} {name}" if several_pairs else name
+
+def method_styles(methods: list[str]) -> dict[str, dict]:
+    """A distinct (colour, marker) per method, the same in every panel: tab20's dark shades first, then its
+    light ones (20 colours), each with its own marker."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    order = [*range(0, 20, 2), *range(1, 20, 2)]
+    return {m: {"color": cmap(order[i % 20]), "marker": MARKERS[i % len(MARKERS)]}
+            for i, m in enumerate(sorted(methods))}
+
+
+def tradeoff_figure(rows: list[dict], reference: list[dict]):
+    """The figure of plot_tradeoff: one panel per dataset/model, one legend for all of them (right)."""
+    pairs = sorted({(r["dataset"], r["model"]) for r in rows}) or [("", "")]
+    cols = min(PANEL_COLUMNS, len(pairs))
+    n_rows = -(-len(pairs) // cols)
+    fig = _new_figure((PANEL_SIZE[0] * cols + LEGEND_WIDTH, PANEL_SIZE[1] * n_rows + 0.6))
+    axes = fig.subplots(n_rows, cols, squeeze=False).ravel()
+    styles = method_styles(sorted({r["method"] for r in rows}))
+    handles: dict[str, Any] = {}
+    for ax, pair in zip(axes, pairs):
+        _draw_panel(ax, pair, [r for r in rows if (r["dataset"], r["model"]) == pair], reference, styles, handles)
+    for ax in axes[len(pairs):]:
+        ax.set_visible(False)
+    fig.supxlabel("MACs speed-up (base MACs / pruned MACs)")
+    fig.supylabel("top-1 accuracy after fine-tuning (%)")
+    fig.suptitle("Accuracy vs speed-up" if rows else "Accuracy vs speed-up (no runs)")
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=8)
+    return fig
+
+
+def _draw_panel(ax, pair, rows, reference, styles, handles) -> None:
+    """One dataset/model: a line per method (error bars: std over seeds), the base accuracy, published points."""
+    for method in sorted({r["method"] for r in rows}):
+        members = sorted((r for r in rows if r["method"] == method), key=lambda r: r["speed_up"].mean)
+        xs = [r["speed_up"].mean for r in members]
+        ys = [r["final_acc"].mean for r in members]
+        errs = [r["final_acc"].std or 0.0 for r in members]
+        handles[method] = ax.errorbar(xs, ys, yerr=errs, capsize=3, linestyle="-", **styles[method])
+    if rows:
+        base = float(np.mean([r["base_acc"].mean for r in rows]))
+        handles["base (unpruned)"] = ax.axhline(base, linestyle=":", color="gray", linewidth=1)
+    matching = [ref for ref in reference if (ref["dataset"], ref["model"]) == pair]
+    for i, ref in enumerate(matching):
+        handles["published reference"] = ax.scatter(
+            [ref["speed_up"]], [ref["pruned_acc"]], s=60, facecolors="none", edgecolors="black", marker="D", zorder=3)
+        ax.annotate(f"{ref['label']} {ref['speed_up']:.2f}x", (ref["speed_up"], ref["pruned_acc"]),
+                    textcoords="offset points", xytext=(6, 4 if i % 2 == 0 else -10),  # alternate: points sit close
+                    fontsize=7, annotation_clip=True)
+    ax.set_title(f"{pair[0]}/{pair[1]}" if rows else "", fontsize=9)
+    ax.grid(True, alpha=0.3)
 
 
 def plot_tradeoff(rows: list[dict], path: str | os.PathLike, reference: list[dict] | None = None) -> Path:
-    """Final accuracy (%) vs MACs speed-up: one line per method (per dataset/model when several).
+    """Final accuracy (%) vs MACs speed-up: a panel per dataset/model, a line per method in it.
 
     `rows` come from report.aggregate. Error bars show the std over seeds. `reference` are published
     points (report.load_reference() when None; pass [] for none); those of a plotted dataset/model are
-    drawn as hollow markers with labels. The base accuracy of each dataset/model is a dotted line.
+    drawn as hollow markers with labels. The base accuracy of each dataset/model is a dotted line. A
+    method keeps its colour and marker in every panel, and the one legend sits right of the panels, so the
+    figure stays readable with many models and methods.
     """
     if reference is None:
         from .report import load_reference
 
         reference = load_reference()
-    pairs = sorted({(r["dataset"], r["model"]) for r in rows})
-    several_pairs = len(pairs) > 1
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    series: dict[str, list[dict]] = {}
-    for row in rows:
-        series.setdefault(_series_name(row, several_pairs), []).append(row)
-    for name, members in sorted(series.items()):
-        members = sorted(members, key=lambda r: r["speed_up"].mean)
-        xs = [r["speed_up"].mean for r in members]
-        ys = [r["final_acc"].mean for r in members]
-        errs = [r["final_acc"].std or 0.0 for r in members]
-        ax.errorbar(xs, ys, yerr=errs, fmt="o-", capsize=3, label=name)
-
-    for (dataset, model), style in zip(pairs, [":", "--", "-."] * len(pairs)):
-        bases = [r["base_acc"].mean for r in rows if (r["dataset"], r["model"]) == (dataset, model)]
-        label = f"{dataset}/{model} base" if several_pairs else "base (unpruned)"
-        ax.axhline(float(np.mean(bases)), linestyle=style, color="gray", linewidth=1, label=label)
-
-    matching = [ref for ref in reference if (ref["dataset"], ref["model"]) in set(pairs)]
-    for i, ref in enumerate(matching):
-        ax.scatter(
-            [ref["speed_up"]],
-            [ref["pruned_acc"]],
-            s=60,
-            facecolors="none",
-            edgecolors="black",
-            marker="D",
-            label="published reference" if i == 0 else None,
-            zorder=3,
-        )
-        text = f"{ref['label']} {ref['speed_up']:.2f}x"
-        if several_pairs:
-            text = f"{ref['dataset']}/{ref['model']} {text}"
-        ax.annotate(
-            text,
-            (ref["speed_up"], ref["pruned_acc"]),
-            textcoords="offset points",
-            xytext=(6, 4 if i % 2 == 0 else -10),  # alternate above/below: reference pairs sit close together
-            fontsize=7,
-        )
-
-    ax.set_xlabel("MACs speed-up (base MACs / pruned MACs)")
-    ax.set_ylabel("top-1 accuracy after fine-tuning (%)")
-    if len(pairs) == 1:
-        ax.set_title(f"Accuracy vs speed-up: {pairs[0][0]}/{pairs[0][1]}")
-    else:
-        ax.set_title("Accuracy vs speed-up" if pairs else "Accuracy vs speed-up (no runs)")
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(tradeoff_figure(rows, reference), path)
 
 
 # --- importance histograms ---------------------------------------------------------------------------

@@ -41,10 +41,14 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)  # what BNScalePr
 
 
 class Regularizer:
-    """Base: option parsing, group walking and the group-L2 importance shared by all entries."""
+    """Base: option parsing, group walking and the group-L2 importance shared by all entries.
+
+    DEFAULTS and COEF are the one source of this regularizer's defaults: the method YAMLs leave them out,
+    and a run fills the method.* values it was not given from here (see `method_defaults`)."""
 
     name = "?"
     DEFAULTS: ClassVar[dict[str, Any]] = {"ignored_layers": ()}
+    COEF: ClassVar[float] = 1.0  # default method.reg when it is the coefficient of apply() (no "reg" option)
 
     def __init__(self, model: nn.Module, groups_fn: Callable[[], list], **options):
         unknown = sorted(set(options) - set(self.DEFAULTS))
@@ -93,6 +97,13 @@ class Regularizer:
     def importance(self) -> torch.Tensor:
         """Per-channel group L2 norm: sqrt(mean over the group's members of the channel's squared norm)."""
         return self.imp_plan.channel_sq_norms().sqrt()
+
+    SPARSIFIES = "group L2 norms"  # what sparsity_values() measures, for the plot's title
+
+    @torch.no_grad()
+    def sparsity_values(self) -> torch.Tensor:
+        """Per-channel magnitudes of what this regularizer drives to zero (sparsity.png plots them)."""
+        return self.importance()
 
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
@@ -174,6 +185,7 @@ class GroupNormRegularizer(Regularizer):
 
     name = "group_norm"
     DEFAULTS: ClassVar[dict[str, Any]] = {**Regularizer.DEFAULTS, "alpha": 4.0, "bias": False}
+    COEF = 5e-4  # reproduce/main.py's --reg default for group_sl
 
     def _build(self):
         self.base = 2.0 ** float(self.options["alpha"])
@@ -201,8 +213,9 @@ class GrowingRegRegularizer(Regularizer):
     coef = 1 reproduces the library (whose BatchNorm part is a no-op; ours acts)."""
 
     name = "growing_reg"
+    # reproduce/main.py's --reg and --delta_reg defaults; update_every 0 = once per epoch, as that script
     DEFAULTS: ClassVar[dict[str, Any]] = {
-        **Regularizer.DEFAULTS, "reg": 1e-4, "delta_reg": 1e-5, "update_every": 0, "bias": False,
+        **Regularizer.DEFAULTS, "reg": 5e-4, "delta_reg": 1e-4, "update_every": 0, "bias": False,
     }
 
     def __init__(self, model, groups_fn, **options):
@@ -266,12 +279,20 @@ class SlimRegularizer(Regularizer):
     BatchNorm weight outside ignored_layers."""
 
     name = "slim"
+    COEF = 1e-5  # L1 strength on the BN scales (Network Slimming's 1e-5)
 
     def _build(self):
         self.bn_weights: list[nn.Parameter] = [
             m.weight for m in self.model.modules()
             if isinstance(m, _BATCHNORMS) and m.affine and not self._ignored_layer(m)
         ]
+
+    SPARSIFIES = "BatchNorm scales |gamma|"
+
+    @torch.no_grad()
+    def sparsity_values(self) -> torch.Tensor:
+        weights = [w.detach().abs().flatten() for w in self.bn_weights]
+        return torch.cat(weights) if weights else torch.zeros(0)
 
     @torch.no_grad()
     def apply(self, coef: float) -> None:
@@ -287,6 +308,7 @@ class GroupSlimRegularizer(Regularizer):
     gamma = coef / sqrt(mean over the group's affine BNs of w^2 + 1e-9); grad_bn += gamma[root] * w."""
 
     name = "group_slim"
+    COEF = 1e-5  # as slim
     EPS = 1e-9  # the library's guard against 1/0 for an all-zero channel
 
     def _build(self):
@@ -300,6 +322,13 @@ class GroupSlimRegularizer(Regularizer):
             and not self._ignored_layer(item.module)
         ]
         self.scale_plan = ScalePlan(entries, self.group_sizes, self.device)
+
+    SPARSIFIES = "group BatchNorm-scale norms"
+
+    @torch.no_grad()
+    def sparsity_values(self) -> torch.Tensor:
+        """Per channel: sqrt(mean over the group's affine BNs of gamma^2), what the group lasso shrinks."""
+        return self.bn_plan.channel_sq_norms().sqrt()
 
     @torch.no_grad()
     def apply(self, coef: float) -> None:
@@ -318,3 +347,27 @@ def build_regularizer(name: str, model: nn.Module, pruner, **options) -> Regular
 
     options.setdefault("ignored_layers", list(pruner.ignored_layers))
     return cls(model, groups_fn, **options)
+
+
+# method.<key> of the run config -> the regularizer option it sets
+CONFIG_OPTIONS = {"reg": "reg", "alpha": "alpha", "delta_reg": "delta_reg", "reg_update_every": "update_every"}
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    """The method.* defaults of regularizer `name`: its DEFAULTS under their config names, and its COEF as
+    method.reg when "reg" is not one of its options."""
+    cls = REGULARIZERS.get(name)
+    out = {key: cls.DEFAULTS[opt] for key, opt in CONFIG_OPTIONS.items() if opt in cls.DEFAULTS}
+    out.setdefault("reg", cls.COEF)
+    return out
+
+
+def regularizer_from_config(name: str, model: nn.Module, pruner, method) -> tuple[Regularizer, float]:
+    """(regularizer, strength) for a run: the options `method` (a MethodConfig) sets, the rest defaults.
+    The strength multiplies apply()'s warm-up factor: method.reg, or 1 for a regularizer that keeps its own
+    per-channel coefficients (its "reg" option)."""
+    cls = REGULARIZERS.get(name)
+    options = {opt: getattr(method, key) for key, opt in CONFIG_OPTIONS.items()
+               if opt in cls.DEFAULTS and getattr(method, key) is not None}
+    strength = 1.0 if "reg" in cls.DEFAULTS else (cls.COEF if method.reg is None else method.reg)
+    return build_regularizer(name, model, pruner, **options), strength

@@ -25,7 +25,7 @@ RESULTS_FILE = "results.json"
 # Sub-folders that mark a run directory even before results.json exists (Hydra's own, and the stages).
 RUN_MARKERS = (".hydra", *STAGES)
 REFERENCE_FILE = Path(__file__).with_name("reference_results.yaml")
-GROUP_KEYS = ("dataset", "model", "method", "overrides")
+GROUP_KEYS = ("dataset", "model", "method", "overrides", "setup")  # overrides: with the setup's label
 
 
 @dataclass(frozen=True)
@@ -120,14 +120,39 @@ def _latency_at_largest_batch(run: dict) -> tuple[int, float, str, bool] | None:
     return batch, speed_ups[batch], str(latency.get("device", "?")), noisy
 
 
-def _group_key(run: dict) -> tuple[str, str, str, str]:
+def _setup_label(run: dict) -> str:
+    """The overrides, plus what changes the result without showing in them (results.json's "setup")."""
+    setup = run.get("setup") or {}
+    parts = [run.get("overrides") or ""]
+    if setup.get("base_checkpoint"):
+        parts.append(f"base_checkpoint={setup['base_checkpoint']}")
+    if setup.get("resume_from"):
+        parts.append(f"resume_from={setup['resume_from']}")
+    if setup.get("stages_not_run"):
+        parts.append("without " + ", ".join(setup["stages_not_run"]))
+    return "; ".join(p for p in parts if p)
+
+
+def _group_key(run: dict) -> tuple[str, str, str, str, str]:
+    """Runs whose results may be combined: same choices, overrides and setup (results.json files written
+    before "setup" existed group by their overrides alone)."""
     choices = run["choices"]
-    overrides = run.get("overrides") or ""
-    return str(choices["dataset"]), str(choices["model"]), str(choices["method"]), overrides
+    setup_key = (run.get("setup") or {}).get("key", "")
+    return str(choices["dataset"]), str(choices["model"]), str(choices["method"]), _setup_label(run), setup_key
 
 
-def _aggregate_group(key: tuple[str, str, str, str], runs: list[dict]) -> dict:
+def _one_run_per_seed(runs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(one run per seed, the other runs of a seed already counted): a rerun of a seed is not another seed."""
+    kept, reruns, seen = [], [], set()
+    for run in sorted(runs, key=lambda r: r["run_dir"]):
+        (reruns if run.get("seed") in seen else kept).append(run)
+        seen.add(run.get("seed"))
+    return kept, reruns
+
+
+def _aggregate_group(key: tuple[str, str, str, str, str], runs: list[dict]) -> dict:
     pct = 100.0  # fractions -> percent (and accuracy deltas -> percentage points)
+    runs, reruns = _one_run_per_seed(runs)
     latencies = [lat for lat in map(_latency_at_largest_batch, runs) if lat is not None]
     batch = max((lat[0] for lat in latencies), default=None)
     at_batch = [lat for lat in latencies if lat[0] == batch]
@@ -151,16 +176,23 @@ def _aggregate_group(key: tuple[str, str, str, str], runs: list[dict]) -> dict:
         "latency_noisy": sum(lat[3] for lat in at_batch),  # runs whose latency spread was too wide
         "params_ratio": Stat.of(params),
         "run_dirs": [r["run_dir"] for r in runs],
+        "reruns": [r["run_dir"] for r in reruns],
     }
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
-    """One row per (dataset, model, method, overrides): seeds combined; sorted by those, then speed-up."""
-    groups: dict[tuple[str, str, str, str], list[dict]] = {}
+    """One row per (dataset, model, method, overrides and setup): seeds combined, a seed counted once;
+    sorted by dataset, model, method, then speed-up."""
+    groups: dict[tuple[str, str, str, str, str], list[dict]] = {}
     for run in runs:
         groups.setdefault(_group_key(run), []).append(run)
     rows = [_aggregate_group(key, group) for key, group in groups.items()]
-    return sorted(rows, key=lambda r: (*[r[k] for k in GROUP_KEYS[:3]], r["speed_up"].mean, r["overrides"]))
+    rows = sorted(rows, key=lambda r: (*[r[k] for k in GROUP_KEYS[:3]], r["speed_up"].mean, r["overrides"]))
+    labels = [tuple(r[k] for k in GROUP_KEYS[:4]) for r in rows]
+    for row, label in zip(rows, labels):  # rows that would read the same: tell them apart by setup key
+        if labels.count(label) > 1 and row["setup"]:
+            row["overrides"] = f"{row['overrides']}; setup {row['setup']}".lstrip("; ")
+    return rows
 
 
 # --- formatting --------------------------------------------------------------------------------------
@@ -191,8 +223,10 @@ COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("overrides", lambda r: r["overrides"] or "-"),
     ("seeds (n)", _fmt_seeds),
     ("base acc %", lambda r: _fmt(r["base_acc"])),
+    ("pruned acc %", lambda r: _fmt(r["pruned_acc"])),
     ("final acc %", lambda r: _fmt(r["final_acc"])),
     ("Δ acc (pp)", lambda r: _fmt(r["acc_delta"], signed=True)),
+    ("target speed-up", lambda r: "-" if r["target_speed_up"] is None else f"{r['target_speed_up']:g}x"),
     ("MACs speed-up", lambda r: _fmt(r["speed_up"], unit="x")),
     ("latency speed-up", _fmt_latency),
     ("params ratio", lambda r: _fmt(r["params_ratio"], digits=3)),
@@ -255,7 +289,9 @@ def render_markdown(
         "",
         (
             "Accuracy: top-1 on the test split, mean ± sample std over seeds (std only with several seeds). "
-            "Δ acc = final − base in percentage points. MACs speed-up = base MACs / final MACs. "
+            "Pruned acc: right after pruning, before fine-tuning. Δ acc = final − base in percentage points. "
+            "Target speed-up: prune.speed_up; MACs speed-up = base MACs / final MACs (reached). "
+            "A row holds runs of one setup: the same overrides, base checkpoint, resumed-from stage and stages run. "
             "Latency speed-up: median base / final latency ratio of interleaved repetitions at the largest measured "
             "batch size; NOISY marks a ratio whose interquartile range is too wide to trust (a busy machine). "
             "Params ratio = final params / base params."
@@ -265,6 +301,11 @@ def render_markdown(
     if plot_name:
         lines += [f"![accuracy vs MACs speed-up]({plot_name})", ""]
     lines += _reference_section(rows, reference)
+    reruns = [d for r in rows for d in r["reruns"]]
+    if reruns:
+        lines += [f"## {len(reruns)} rerun(s) of a seed already counted", "",
+                  "Same setup and seed as a run in the table, so not counted as another seed:", ""]
+        lines += [f"- `{_relative(Path(d), root)}`" for d in reruns] + [""]
     if incomplete:
         lines += [
             f"## Skipped {len(incomplete)} incomplete run(s)",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import platform
 
 import torch
@@ -10,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .config import STAGES
 from .provenance import cpu_name
 
 
@@ -47,6 +50,21 @@ def chance_warning(acc: float, num_classes: int, what: str, hint: str) -> str | 
             f"{num_classes} classes): the model did not learn; {hint}")
 
 
+def _setup(state) -> dict:
+    """What besides the seed makes this run's numbers what they are, for prune-report's grouping: the config
+    every stage up to fine-tuning depended on (the stage hashes' inputs, seed left out), the stages that made
+    the model (a skipped sparse_train counts), the base checkpoint and the run it resumed from."""
+    cfg, records = state.cfg, state.records
+    not_run = [s for s in STAGES[:-1] if s not in records]  # not selected (stages=[...]); a skip is a record
+    # each stage's own config and inputs; the seed and the link to the upstream record (whose hash and
+    # checkpoint depend on the seed) left out, so that the seeds of one setup share its key
+    config = {stage: {k: v for k, v in records[stage].get("config", {}).items() if k not in ("seed", "upstream", "finetune.distill.teacher_sha256")}
+              for stage in STAGES[:-1] if stage in records}
+    text = json.dumps({"config": config, "not_run": not_run}, sort_keys=True, default=str)
+    return {"key": hashlib.sha256(text.encode()).hexdigest()[:12], "stages_not_run": not_run,
+            "base_checkpoint": cfg.base_checkpoint, "resume_from": cfg.resume_from}
+
+
 def build_results(state, final: dict, latency: dict | None) -> dict:
     cfg, records = state.cfg, state.records
     base = records["pretrain"]["metrics"]
@@ -56,6 +74,7 @@ def build_results(state, final: dict, latency: dict | None) -> dict:
         "choices": {"dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name},
         "overrides": state.overrides,
         "seed": cfg.seed,
+        "setup": _setup(state),
         "base": {k: base[k] for k in ("acc", "macs", "params")},
         "pruned": {k: pruned[k] for k in ("acc", "acc_before_bn_recal", "macs", "params") if k in pruned},
         "final": {k: final[k] for k in ("acc", "macs", "params")},

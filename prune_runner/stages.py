@@ -166,16 +166,12 @@ def _pruner(state: RunState):
 
 
 def sparse_train(state: RunState, run: StageRun):
-    from .regularizers import REGULARIZERS, build_regularizer
+    from .regularizers import regularizer_from_config
 
     cfg, m = state.cfg, state.cfg.method
     state.ensure_model(run.name)
     pruner = _pruner(state)  # only for its dependency graph: the regularizer's groups
-    accepted = REGULARIZERS.get(state.spec.regularizer).DEFAULTS
-    options = {k: v for k, v in regularizer_options(m).items() if k in accepted}
-    regularizer = build_regularizer(state.spec.regularizer, state.model, pruner, **options)
-    # a regularizer that keeps its own per-channel strength (growing_reg) gets only the warm-up factor
-    strength = 1.0 if "reg" in accepted else m.reg
+    regularizer, strength = regularizer_from_config(state.spec.regularizer, state.model, pruner, m)
 
     def coef(epoch: int) -> float:
         """Warm-up: the coefficient ramps linearly over the first `reg_warmup` epochs."""
@@ -183,7 +179,7 @@ def sparse_train(state: RunState, run: StageRun):
         return strength * warm
 
     # growing_reg with reg_update_every=0 grows its coefficients once per epoch, as the reference script does
-    per_epoch = getattr(regularizer, "update_reg", None) if m.reg_update_every == 0 else None
+    per_epoch = getattr(regularizer, "update_reg", None) if not m.reg_update_every else None
     fit(state, run, cfg.schedule.sparse_train, regularizer, coef, on_epoch_end=per_epoch)
     metrics = measure(state, state.model)
     stats = regularizer.stats()
@@ -206,10 +202,6 @@ def weak_sparsity_warning(frac_below: float, reg: float) -> str | None:
     return (f"warning: sparse training left only {100 * frac_below:.1f}% of channels with a group L2 norm below "
             f"{SMALL_NORM:g}, so pruning will cut live channels; try a stronger method.reg={10 * reg:.3g} "
             f"(now {reg:g}) or more schedule.sparse_train.epochs")
-
-
-def regularizer_options(m) -> dict:
-    return {"alpha": m.alpha, "reg": m.reg, "delta_reg": m.delta_reg, "update_every": m.reg_update_every}
 
 
 def prune(state: RunState, run: StageRun):
@@ -264,7 +256,26 @@ def prune(state: RunState, run: StageRun):
 
 
 def _plot_importance(state: RunState, pruner) -> None:
-    """sparsity.png: the distribution of per-channel group L2 norms before pruning."""
+    """sparsity.png: before pruning, the per-channel magnitudes of what the method's regularizer drives to
+    zero (BN scales for slim / group_slim), or group L2 norms for a method without one."""
+    from .regularizers import Regularizer, build_regularizer
+
+    name = state.spec.regularizer
+    try:
+        if name is not None:
+            regularizer = build_regularizer(name, state.model, pruner)
+            values, what = regularizer.sparsity_values(), regularizer.SPARSIFIES
+        else:
+            values, what = _group_norms(pruner), Regularizer.SPARSIFIES
+        from .plots import plot_importance
+
+        plot_importance(values.detach().float().cpu(), state.run_dir / "sparsity.png",
+                        title=f"{state.cfg.method.name}: {what} before pruning")
+    except Exception as err:  # a plot must never fail a run
+        state.say(f"[yellow]sparsity.png not written: {err}[/yellow]")
+
+
+def _group_norms(pruner) -> torch.Tensor:
     import torch_pruning as tp
 
     scorer = tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)
@@ -274,15 +285,7 @@ def _plot_importance(state: RunState, pruner) -> None:
         imp = scorer(group)
         if imp is not None:
             values.append(imp.sqrt().detach().float().cpu())
-    if not values:
-        return
-    try:
-        from .plots import plot_importance
-
-        plot_importance(torch.cat(values), state.run_dir / "sparsity.png",
-                        title=f"{state.cfg.method.name}: group L2 norms before pruning")
-    except Exception as err:  # a plot must never fail a run
-        state.say(f"[yellow]sparsity.png not written: {err}[/yellow]")
+    return torch.cat(values) if values else torch.zeros(0)
 
 
 def finetune(state: RunState, run: StageRun):

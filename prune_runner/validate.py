@@ -1,8 +1,14 @@
-"""Checks of a RunConfig that Hydra's types cannot express; each failure is one line."""
+"""Checks of a RunConfig that Hydra's types cannot express; each failure is one line.
+
+The one place a run's config is checked before anything runs (cli.py only turns Hydra's type errors into
+one line): names, ranges, and the optional packages that `export` and `logger` need, so that a missing one
+fails now and not after hours of training.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from .config import STAGES, RunConfig
 from .errors import UnknownChoiceError, UserError
@@ -18,10 +24,11 @@ def _check(ok: bool, message: str) -> None:
 
 
 def _non_negative(name: str, value: float) -> None:
-    _check(value is not None and math.isfinite(value) and value >= 0, f"{name}={value} is invalid; it must be >= 0")
+    _check(value is None or (math.isfinite(value) and value >= 0), f"{name}={value} is invalid; it must be >= 0")
 
 
-def validate(cfg: RunConfig) -> None:
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check `cfg`; return it with the method's defaults filled in (what the run records and hashes)."""
     from .data import list_datasets
     from .methods import METHODS, NORMALIZERS
     from .models.support import check_supported
@@ -72,14 +79,27 @@ def validate(cfg: RunConfig) -> None:
             raise UnknownChoiceError("stage", stage, STAGES)
     if cfg.resume not in RESUME_MODES:
         raise UnknownChoiceError("resume mode", cfg.resume, RESUME_MODES)
-    if cfg.logger not in LOGGERS:
-        raise UnknownChoiceError("logger", cfg.logger, LOGGERS)
-    from .export import EXPORTERS
-
-    for fmt in cfg.export:
-        EXPORTERS.get(fmt)
+    _check_dependencies(cfg)
     _check(cfg.eval.latency_batch >= 1 and cfg.eval.latency_repeats >= 1,
            "eval.latency_batch and eval.latency_repeats must be >= 1")
     dev = cfg.device
     _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
            f"unknown device '{dev}'; choose one of: auto, cpu, cuda, cuda:N")
+    from .method_defaults import resolve_method_defaults
+
+    return resolve_method_defaults(cfg)
+
+
+def _check_dependencies(cfg: RunConfig) -> None:
+    """Export formats and the logger exist, and their optional packages are installed."""
+    from .export import validate_formats
+
+    if cfg.logger not in LOGGERS:
+        raise UnknownChoiceError("logger", cfg.logger, LOGGERS)
+    if cfg.logger == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401  (the run imports it at the first log call anyway)
+        except ImportError:
+            raise UserError("logger=tensorboard needs the optional dependency: "
+                            "pip install 'prune-runner[tensorboard]'") from None
+    validate_formats(list(cfg.export))

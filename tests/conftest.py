@@ -1,11 +1,14 @@
-"""Shared helpers: run the CLI as a subprocess with small, fast settings."""
+"""Shared helpers: run `prune-run` in this process (most tests) or as a subprocess (the CLI contract)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,11 +21,53 @@ FAST = ["schedule=tiny", "device=cpu", "progress=false", "eval.latency_repeats=3
 torch.set_num_threads(1)  # small test tensors: threads only add contention on a 2-core machine
 
 
-def run_cli(args, cwd: Path, timeout: float = 600, env: dict | None = None,
-            module: str = "prune_runner.cli") -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
+@dataclass
+class Done:
+    """What a finished `prune-run` left: like subprocess.CompletedProcess."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(args, cwd: Path) -> Done:
+    """`prune-run ARGS` in this process, from `cwd`: the same code path as the console script (preflight,
+    Hydra, run_pipeline, exit codes), without paying the ~9 s of imports of a new interpreter."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from prune_runner import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, here = sys.argv, os.getcwd()
+    code = 0
+    try:
+        os.chdir(cwd)
+        sys.argv = ["prune-run", *map(str, args)]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+        GlobalHydra.instance().clear()
+        torch.use_deterministic_algorithms(False)  # deterministic=true runs set it process-wide
+    return Done(code, out.getvalue(), err.getvalue())
+
+
+def run_subprocess(args, cwd: Path, timeout: float = 600, env: dict | None = None,
+                   module: str = "prune_runner.cli", command: list | None = None) -> subprocess.CompletedProcess:
+    """A new interpreter: for what only a process shows (exit status, stderr as a whole, the console script)."""
+    # one thread, as the in-process runs: threads only add contention on a shared 2-core machine
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    command = command or [sys.executable, "-m", module]
+    return subprocess.run([*command, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without blank lines and torch's C++ warnings (W1...)."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("W1")]
 
 
 def results_of(run_dir: Path) -> dict:

@@ -1,15 +1,17 @@
 """Bad input: one line naming the value and what is allowed, a non-zero exit, and nothing
-in an existing run directory changed."""
+in an existing run directory changed. In this process; tests/test_cli_contract.py checks the
+same contract on a subprocess's exit status and stderr."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST
+from conftest import FAST, error_lines, run_cli
 
 
 def _snapshot(folder: Path) -> dict:
@@ -21,8 +23,6 @@ def _snapshot(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished tiny run (no fine-tuning epochs) whose folder must survive every bad command."""
-    from conftest import run_cli
-
     root = tmp_path_factory.mktemp("bad_input")
     run_dir = root / "run"
     proc = run_cli(["model=resnet20", "method=l1", "prune.speed_up=1.2", f"run_dir={run_dir}",
@@ -62,23 +62,26 @@ CASES = {
     "iterative steps below 1": (["prune.iterative_steps=0"], ["prune.iterative_steps=0", ">= 1"]),
     "missing data folder": (["dataset=imagefolder", "dataset.root=/no/such/folder"], ["/no/such/folder"]),
     "offline download": (["dataset=cifar10", "dataset.root={tmp}/cifar"], ["cifar10", "dataset=digits"]),
+    "missing export package": (["export=[onnx]"], ["export=onnx", "pip install 'prune-runner[export]'"]),
+    "missing logger package": (["logger=tensorboard"], ["logger=tensorboard", "prune-runner[tensorboard]"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_one_line(case, finished_run):
+def test_bad_input_one_line(case, finished_run, monkeypatch):
     root, run_dir = finished_run
     before = _snapshot(run_dir)
     args, expected = CASES[case]
     args = [a.replace("{tmp}", str(root)) for a in args]
-    from conftest import run_cli
-
     # an unreachable proxy makes any download attempt fail fast, as on an offline machine
-    env = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    for package in ("onnx", "tensorboard"):  # as where the optional extras are not installed
+        monkeypatch.setitem(sys.modules, package, None)
     proc = run_cli(["model=resnet20", "method=l1", f"run_dir={run_dir}", f"out_root={root / 'outputs'}",
-                    *FAST, *args], cwd=root, env=env)
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("W1")]
+                    *FAST, *args], cwd=root)
+    assert proc.returncode == 2
+    lines = error_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("prune-run: error: ")
     for word in expected:
@@ -96,12 +99,10 @@ def test_bad_base_checkpoint(kind, finished_run, tmp_path):
         ckpt = _evil(tmp_path / "evil.pt")
     else:
         ckpt = run_dir / "pretrain" / "checkpoint.pt"  # a resnet20 checkpoint, offered to resnet32
-    from conftest import run_cli
-
     proc = run_cli(["model=resnet32", "method=l1", f"base_checkpoint={ckpt}", f"run_dir={tmp_path / 'new'}",
                     f"out_root={tmp_path / 'outputs'}", *FAST], cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("W1")]
+    lines = error_lines(proc.stderr)
     assert len(lines) == 1 and str(ckpt) in lines[0], proc.stderr
     assert "code ran while unpickling" not in proc.stdout + proc.stderr
     if kind == "evil":
@@ -114,8 +115,6 @@ def test_bad_base_checkpoint(kind, finished_run, tmp_path):
 def test_changed_config_is_refused_with_the_differing_keys(finished_run):
     root, run_dir = finished_run
     before = _snapshot(run_dir)
-    from conftest import run_cli
-
     proc = run_cli(["model=resnet20", "method=l1", "prune.speed_up=1.3", f"run_dir={run_dir}",
                     f"out_root={root / 'outputs'}", "schedule.finetune.epochs=0", "eval.latency=false", *FAST],
                    cwd=root)
@@ -126,14 +125,12 @@ def test_changed_config_is_refused_with_the_differing_keys(finished_run):
 
 def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(finished_run, tmp_path):
     root, run_dir = finished_run
-    from conftest import run_cli
-
     new = tmp_path / "diverges"
     proc = run_cli(["model=resnet20", "method=l1", "prune.speed_up=1.2", f"run_dir={new}",
                     f"resume_from={run_dir / 'prune'}", "schedule.finetune.epochs=2", "schedule.finetune.lr=1e12",
                     f"out_root={tmp_path / 'outputs'}", *FAST], cwd=tmp_path)
     assert proc.returncode == 2
-    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("W1")]
+    lines = error_lines(proc.stderr)
     assert len(lines) == 1 and "loss became nan" in lines[0].lower(), proc.stderr
     assert not (new / "finetune" / "done.json").exists()
     assert (new / "prune" / "done.json").exists()  # the last good stage output is intact

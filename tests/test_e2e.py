@@ -1,4 +1,5 @@
-"""`prune-run` end to end on digits, as a subprocess: every stage, results.json, resume."""
+"""`prune-run` end to end on digits, in this process: every stage, results.json, resume.
+(tests/test_cli_contract.py runs the installed console script as a subprocess.)"""
 
 from __future__ import annotations
 
@@ -31,12 +32,15 @@ def test_pipeline_end_to_end(shared_root, method):
     assert r["final"]["acc"] > 0.6, r  # well above the 10% of chance
     assert abs(r["acc_delta"] - (r["final"]["acc"] - r["base"]["acc"])) < 1e-12
     assert set(r["latency"]["speed_up"]) == {"1", "8"}
+    assert r["setup"]["stages_not_run"] == [] and r["setup"]["base_checkpoint"] is None
     for stage in ("pretrain", "sparse_train", "prune", "finetune", "eval"):
         assert (run_dir / stage / "done.json").exists()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert "finetune" in {row["stage"] for row in rows}  # pretrain may come from the stage cache
     if method in ("group_norm", "slim", "growing_reg"):
         assert any(row["stage"] == "sparse_train" and row["reg_coef"] > 0 for row in rows)
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["method"]["reg"] is not None  # the regularizer's default, filled in and recorded
     assert (run_dir / "sparsity.png").read_bytes()[:4] == b"\x89PNG"
     assert "top-1 acc" in proc.stdout
 

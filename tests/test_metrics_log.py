@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
+from prune_runner.config import RunConfig
 from prune_runner.errors import UserError
 from prune_runner.metrics_log import MetricsLog
+from prune_runner.validate import validate
 
 
 def test_jsonl_rows(tmp_path):
@@ -36,7 +39,13 @@ def test_tensorboard_scalars(tmp_path):
     assert set(events.Tags()["scalars"]) == {"finetune/loss", "finetune/val_acc"}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
-def test_tensorboard_missing_is_one_line(tmp_path):
+def test_tensorboard_missing_is_one_line_before_the_run(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # makes `import tensorboard` raise ImportError
     with pytest.raises(UserError, match=r"pip install 'prune-runner\[tensorboard\]'"):
-        MetricsLog(tmp_path, logger="tensorboard")
+        validate(RunConfig(logger="tensorboard"))
+
+
+def test_missing_export_package_is_one_line_before_the_run(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(UserError, match=r"export=onnx needs the optional dependency"):
+        validate(RunConfig(export=["onnx"]))

@@ -7,13 +7,12 @@ pruner (no data, no training). The recipes' invariants that are easy to break by
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import run_cli
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -131,21 +130,46 @@ def test_presets_get_distinct_run_dirs():
 
 
 def test_each_preset_composes_through_the_cli(tmp_path):
-    """`prune-run experiment=<name> --cfg job` (no torch import, ~0.5 s each): the preflight and Hydra's
-    own command-line path accept every preset name."""
+    """`prune-run experiment=<name> --cfg job`: the preflight and Hydra's own command-line path accept every
+    preset name (in this process; test_cli_contract runs the console script)."""
     for name in PRESETS:
-        done = subprocess.run([sys.executable, "-m", "prune_runner.cli", f"experiment={name}", "--cfg", "job"],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        done = run_cli([f"experiment={name}", "--cfg", "job"], cwd=tmp_path)
         assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
         shown = yaml.safe_load(done.stdout)
         assert shown["prune"]["speed_up"] == pytest.approx(float(name.rsplit("_", 1)[1][:-1].replace("p", ".")))
 
 
 def test_unknown_preset_is_a_one_line_error(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "prune_runner.cli", "experiment=resnet56_cifar10_nope", "--cfg",
-                           "job"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = run_cli(["experiment=resnet56_cifar10_nope", "--cfg", "job"], cwd=tmp_path)
     assert done.returncode == 2
     assert "resnet56_cifar10_group_norm_2p11x" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_a_schedule_chosen_on_the_command_line_wins_over_the_preset(name):
+    """`experiment=<preset> schedule=tiny` runs tiny's epochs, as its run dir (named schedule=tiny) says."""
+    tiny = yaml.safe_load((REPO / "conf" / "schedule" / "tiny.yaml").read_text())
+    cfg = _compose([f"experiment={name}", "schedule=tiny"], hydra_config=True)
+    for stage in ("pretrain", "sparse_train", "finetune"):
+        for key, value in tiny[stage].items():
+            assert cfg.schedule[stage][key] == value, f"schedule.{stage}.{key}"
+    assert "schedule=tiny" in _sweep_subdir(cfg)
+    preset = _compose([f"experiment={name}"])
+    assert cfg.prune == preset.prune and cfg.method == preset.method  # the rest of the preset still applies
+
+
+def test_what_a_preset_keeps_over_a_group_chosen_on_the_command_line_is_said(tmp_path):
+    name = "resnet56_cifar10_growing_reg_2p11x"
+    done = run_cli([f"experiment={name}", "method=group_norm", "schedule=tiny", "method.reg=0.001", "--cfg", "job"],
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (note,) = [line for line in done.stdout.splitlines() if line.startswith("prune-run: note:")]
+    assert f"method=group_norm replaces the method of experiment={name}" in note
+    assert "method.delta_reg=1e-05" in note and "method.global_pruning=true" in note
+    assert "method.reg=" not in note  # set on the command line: nothing kept
+    shown = yaml.safe_load(done.stdout.split("\n", 1)[1])
+    assert shown["method"]["name"] == "group_norm" and shown["method"]["reg"] == 0.001
+    assert shown["schedule"]["name"] == "tiny"  # no note for the schedule: the preset sets none of its own
 
 
 def test_slurm_launcher_yaml_has_the_requeue_settings():
@@ -182,3 +206,15 @@ def test_slurm_launcher_composes_with_the_plugin():
     raw_subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
     assert "job.id" not in raw_subdir and "job.num" not in raw_subdir
     assert _sweep_subdir(cfg).startswith(f"{cfg.dataset.name}/{cfg.model.name}/{cfg.method.name}/")
+
+
+def test_path_options_are_taken_literally():
+    from prune_runner.cli import quote_paths
+
+    derived = "outputs/digits/resnet20/l1/prune.speed_up=3,schedule=demo/seed0/sparse_train"
+    assert quote_paths([f"resume_from={derived}", "run_dir=null", "prune.speed_up=1,2", "out_root='x=y'",
+                        "base_checkpoint=choice(a.pt,b.pt)", "dataset.root=it's"]) == [
+        f"resume_from='{derived}'", "run_dir=null", "prune.speed_up=1,2", "out_root='x=y'",
+        "base_checkpoint=choice(a.pt,b.pt)", "dataset.root='it\\'s'"]
+    cfg = _compose(quote_paths([f"resume_from={derived}", "dataset.root=it's"]))
+    assert cfg.resume_from == derived and cfg.dataset.root == "it's"

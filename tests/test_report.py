@@ -21,7 +21,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def write_run(
-    root: Path, rel: str, method: str, speed_up: float, seed: int, final_acc: float, latency: bool = False
+    root: Path, rel: str, method: str, speed_up: float, seed: int, final_acc: float, latency: bool = False,
+    setup: dict | None = None,
 ) -> Path:
     run_dir = root / rel
     (run_dir / ".hydra").mkdir(parents=True)
@@ -41,6 +42,8 @@ def write_run(
         "params_ratio": 0.5,
         "latency": None,
     }
+    if setup is not None:
+        results["setup"] = setup
     if latency:
         ms = {"1": {"ms": 1.2, "ms_per_image": 1.2}, "64": {"ms": 64.0, "ms_per_image": 1.0}}
         results["latency"] = {
@@ -100,6 +103,31 @@ def test_aggregate_combines_seeds_as_mean_and_sample_std(tree: Path):
     assert single["final_acc"].std is None and single["latency_speed_up"] is None
 
 
+def test_runs_of_different_setups_are_not_combined_and_a_rerun_is_not_a_seed(tmp_path: Path):
+    root = tmp_path / "outputs"
+    fresh = {"key": "aaa", "stages_not_run": [], "base_checkpoint": None, "resume_from": None}
+    write_run(root, "a/seed0", "group_norm", 2.0, 0, 0.90, setup=fresh)
+    write_run(root, "a/seed1", "group_norm", 2.0, 1, 0.92, setup=fresh)
+    write_run(root, "copy/seed0", "group_norm", 2.0, 0, 0.90, setup=fresh)  # the same seed rerun elsewhere
+    write_run(root, "ckpt/seed0", "group_norm", 2.0, 0, 0.70,
+              setup={**fresh, "key": "bbb", "base_checkpoint": "my_resnet20.pt"})
+    write_run(root, "nosparse/seed0", "group_norm", 2.0, 0, 0.60,
+              setup={**fresh, "key": "ccc", "stages_not_run": ["sparse_train"]})
+    write_run(root, "other/seed0", "group_norm", 2.0, 0, 0.50, setup={**fresh, "key": "ddd"})  # e.g. dataset.root
+    rows = aggregate(scan_runs(root)[0])
+    by_label = {r["overrides"]: r for r in rows}
+    base = "prune.speed_up=2,schedule=tiny"
+    assert set(by_label) == {base + "; setup aaa", base + "; setup ddd", base + "; base_checkpoint=my_resnet20.pt",
+                             base + "; without sparse_train"}
+    fresh_row = by_label[base + "; setup aaa"]
+    assert fresh_row["n"] == 2 and fresh_row["seeds"] == [0, 1]  # the rerun of seed 0 is not a third seed
+    assert fresh_row["reruns"] == [str(root / "copy/seed0")]
+    assert by_label[base + "; base_checkpoint=my_resnet20.pt"]["final_acc"].mean == pytest.approx(70.0)
+    assert by_label[base + "; without sparse_train"]["final_acc"].mean == pytest.approx(60.0)
+    text = write_report(root)["report"].read_text()
+    assert "1 rerun(s) of a seed already counted" in text and "`copy/seed0`" in text
+
+
 def test_write_report_table_note_and_plot(tree: Path, tmp_path: Path):
     out = tmp_path / "report_out"
     paths = write_report(tree, out)
@@ -111,12 +139,14 @@ def test_write_report_table_note_and_plot(tree: Path, tmp_path: Path):
     two_seeds = by_key[("group_norm", "prune.speed_up=2,schedule=tiny")]
     assert two_seeds[4] == "2 (0, 1)"
     assert two_seeds[5] == "95.00 ± 0.00"  # std shown for every 2-seed column, even when 0
-    assert two_seeds[6] == f"91.00 ± {statistics.stdev([90.0, 92.0]):.2f}"
-    assert two_seeds[7] == "-4.00 ± 1.41"
-    assert two_seeds[8] == "2.03x ± 0.00"
-    assert two_seeds[9] == "1.90x (bs 64, cpu)"
-    assert two_seeds[10] == "0.500 ± 0.000"
-    assert by_key[("l1", "prune.speed_up=3,schedule=tiny")][9] == "-"
+    assert two_seeds[6] == "80.00 ± 0.00"  # right after pruning
+    assert two_seeds[7] == f"91.00 ± {statistics.stdev([90.0, 92.0]):.2f}"
+    assert two_seeds[8] == "-4.00 ± 1.41"
+    assert two_seeds[9] == "2x"  # the target
+    assert two_seeds[10] == "2.03x ± 0.00"
+    assert two_seeds[11] == "1.90x (bs 64, cpu)"
+    assert two_seeds[12] == "0.500 ± 0.000"
+    assert by_key[("l1", "prune.speed_up=3,schedule=tiny")][11] == "-"
     assert "Skipped 1 incomplete run(s)" in text and "digits/l1/su4/seed0" in text
     assert "Published reference" not in text  # no reference rows for digits/resnet20
 
@@ -203,3 +233,49 @@ def test_cli_missing_and_empty_dir(tmp_path: Path):
     proc = run_cli(str(empty))
     assert proc.returncode == 1
     assert "no finished runs" in proc.stderr
+
+
+def test_tradeoff_with_26_series_stays_within_the_figure(tmp_path: Path):
+    """8 models with 3 or 4 methods each: every panel, label and the legend lie inside the figure, and
+    each method has its own colour and marker, the same in every panel."""
+    from prune_runner.methods import list_methods
+    from prune_runner.plots import method_styles, tradeoff_figure
+    from prune_runner.report import Stat
+
+    methods = list_methods()
+    pairs = [("cifar10", "resnet56"), ("cifar100", "vgg19_bn")] + [("digits", f"model_{i}") for i in range(6)]
+    rows, k = [], 0
+    for i, (dataset, model) in enumerate(pairs):
+        for _ in range(4 if i < 2 else 3):  # 2 x 4 + 6 x 3 = 26 series
+            for speed_up in (1.5, 2.0):
+                rows.append({"dataset": dataset, "model": model, "method": methods[k % len(methods)],
+                             "speed_up": Stat(speed_up, None, 1), "final_acc": Stat(90 - 5 * speed_up, 0.5, 2),
+                             "base_acc": Stat(93.0, None, 1)})
+            k += 1
+    fig = tradeoff_figure(rows, load_reference())
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert sum(len(ax.containers) for ax in fig.axes) == 26
+
+    inside = fig.bbox.padded(1)  # 1 px of rounding
+    boxes = [fig._supxlabel.get_window_extent(renderer), fig._supylabel.get_window_extent(renderer),
+             fig._suptitle.get_window_extent(renderer)]
+    boxes += [ax.get_tightbbox(renderer) for ax in fig.axes if ax.get_visible()]  # title, ticks, annotations
+    assert len(boxes) == 3 + len(pairs)
+    for box in boxes:
+        assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1), box
+    (legend,) = fig.legends
+    legend_box = legend.get_window_extent(renderer)
+    assert inside.contains(legend_box.x0, legend_box.y0) and inside.contains(legend_box.x1, legend_box.y1)
+    assert not any(legend_box.overlaps(box) for box in boxes)  # it covers no panel and no axis label
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert sorted(labels) == sorted([*methods, "base (unpruned)", "published reference"])
+    styles = method_styles(methods)
+    assert len({(s["color"], s["marker"]) for s in styles.values()}) == len(methods)
+    for ax in fig.axes:  # a method looks the same in every panel
+        for container in ax.containers:
+            line = container.lines[0]
+            method = next(m for m, s in styles.items() if s["marker"] == line.get_marker())
+            assert line.get_color() == styles[method]["color"]
+    path = plot_tradeoff(rows, tmp_path / "many.png", reference=[])
+    assert path.read_bytes()[:8] == PNG_MAGIC

@@ -1,5 +1,9 @@
-"""Every registered CIFAR model x every method: build, one regularized step, prune to 1.5x,
-forward, and a save/load round trip through the checkpoint format (bit-exact outputs)."""
+"""Model x method smoke tests: build, one regularized step, prune to 1.5x, forward, and a save/load round
+trip through the checkpoint format (bit-exact outputs).
+
+`make test` runs every method on one model per architecture family (ViT included); `make test-slow` runs
+every registered CIFAR model and ViT-B/16 with every method.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,54 @@ import torch.nn.functional as F
 from prune_runner.checkpoint import load_checkpoint, model_payload, rebuild_model, save_checkpoint
 from prune_runner.flops import MacCounter
 from prune_runner.methods import get_method, list_methods
-from prune_runner.models import build_model, list_models
+from prune_runner.models import MODELS, build_model, list_models
 from prune_runner.pruning import ObdcCalibration, build_pruner, grad_calibration, progressive_prune
 from prune_runner.regularizers import build_regularizer
 
 CIFAR_MODELS = list_models(family="cifar")
+# the smallest registered model of each architecture family, keyed by the module that registers the family
+ONE_PER_FAMILY = {"cifar_resnet": "resnet20", "cifar_vgg": "vgg11_bn", "cifar_densenet": "densenet_cifar",
+                  "cifar_mobilenetv2": "mobilenetv2_cifar", "torchvision_models": "vit_b_16"}
+# TODO(issue 10, for the coordinator): pruning vit_b_16 leaves a model whose forward fails ("shape
+# '[1, 768, 196]' is invalid") on this branch. Issue 10 fixes ViT pruning; once merged these cases pass, strict
+# xfail turns that into a failure (XPASS), and this marker must go.
+VIT_TODO = pytest.mark.xfail(strict=True, reason="TODO(issue 10): ViT pruning breaks the forward pass")
+INPUT_SIDE = {"vit_b_16": 224}  # ViT's position embedding fixes its input side
 
 
-@pytest.mark.parametrize("method", list_methods())
-@pytest.mark.parametrize("model_name", CIFAR_MODELS)
+# ViT-B/16 (86M parameters at 224 px) costs ~10 s per method on 2 CPU cores: one method by default
+DEFAULT_VIT_METHODS = ("l1",)
+
+
+def _cases(models, vit_methods=None):
+    return [pytest.param(m, method, marks=[VIT_TODO] if m == "vit_b_16" else [])
+            for m in models for method in list_methods()
+            if m != "vit_b_16" or vit_methods is None or method in vit_methods]
+
+
+def test_the_default_matrix_covers_every_architecture_family():
+    families = {MODELS.get(name).builder.__module__.rsplit(".", 1)[1] for name in CIFAR_MODELS}
+    assert families | {"torchvision_models"} == set(ONE_PER_FAMILY)
+    assert all(MODELS.get(m).builder.__module__.endswith(f) for f, m in ONE_PER_FAMILY.items())
+
+
+@pytest.mark.parametrize(("model_name", "method"), _cases(ONE_PER_FAMILY.values(), DEFAULT_VIT_METHODS))
 def test_model_method(model_name, method, tmp_path):
+    smoke(model_name, method, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model_name", "method"), _cases([*CIFAR_MODELS, "vit_b_16"]))
+def test_every_model_method(model_name, method, tmp_path):
+    smoke(model_name, method, tmp_path)
+
+
+def smoke(model_name, method, tmp_path):
     torch.manual_seed(0)
     spec = get_method(method)
     model = build_model(model_name, 10)
-    x = torch.randn(4, 3, 32, 32)
+    side = INPUT_SIDE.get(model_name, 32)
+    x = torch.randn(4, 3, side, side)
     y = torch.arange(4) % 10
     pruner = build_pruner(model, x[:1], spec, 10, steps=8)  # big steps: few group rebuilds
     assert model.training, "building a pruner must leave the model's mode alone"
@@ -52,7 +90,7 @@ def test_model_method(model_name, method, tmp_path):
     assert out.shape == (4, 10)
 
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, model_payload(model, model_name, 10, 32, pruner.pruning_history()))
+    save_checkpoint(path, model_payload(model, model_name, 10, side, pruner.pruning_history()))
     rebuilt, history = rebuild_model(load_checkpoint(path), path)
     rebuilt.eval()
     with torch.no_grad():
