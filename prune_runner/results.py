@@ -58,7 +58,8 @@ def _setup(state) -> dict:
     not_run = [s for s in STAGES[:-1] if s not in records]  # not selected (stages=[...]); a skip is a record
     # each stage's own config and inputs; the seed and the link to the upstream record (whose hash and
     # checkpoint depend on the seed) left out, so that the seeds of one setup share its key
-    config = {stage: {k: v for k, v in records[stage].get("config", {}).items() if k not in ("seed", "upstream", "finetune.distill.teacher_sha256")}
+    seeded = ("seed", "upstream", "finetune.distill.teacher_sha256")
+    config = {stage: {k: v for k, v in records[stage].get("config", {}).items() if k not in seeded}
               for stage in STAGES[:-1] if stage in records}
     text = json.dumps({"config": config, "not_run": not_run}, sort_keys=True, default=str)
     return {"key": hashlib.sha256(text.encode()).hexdigest()[:12], "stages_not_run": not_run,

@@ -8,7 +8,6 @@ fails now and not after hours of training.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from .config import STAGES, RunConfig
 from .errors import UnknownChoiceError, UserError

@@ -15,6 +15,7 @@ from prune_runner.checkpoint import load_checkpoint, model_payload, rebuild_mode
 from prune_runner.flops import MacCounter
 from prune_runner.methods import get_method, list_methods
 from prune_runner.models import MODELS, build_model, list_models
+from prune_runner.models.support import method_unsupported_reason
 from prune_runner.pruning import ObdcCalibration, build_pruner, grad_calibration, progressive_prune
 from prune_runner.regularizers import build_regularizer
 
@@ -22,10 +23,6 @@ CIFAR_MODELS = list_models(family="cifar")
 # the smallest registered model of each architecture family, keyed by the module that registers the family
 ONE_PER_FAMILY = {"cifar_resnet": "resnet20", "cifar_vgg": "vgg11_bn", "cifar_densenet": "densenet_cifar",
                   "cifar_mobilenetv2": "mobilenetv2_cifar", "torchvision_models": "vit_b_16"}
-# TODO(issue 10, for the coordinator): pruning vit_b_16 leaves a model whose forward fails ("shape
-# '[1, 768, 196]' is invalid") on this branch. Issue 10 fixes ViT pruning; once merged these cases pass, strict
-# xfail turns that into a failure (XPASS), and this marker must go.
-VIT_TODO = pytest.mark.xfail(strict=True, reason="TODO(issue 10): ViT pruning breaks the forward pass")
 INPUT_SIDE = {"vit_b_16": 224}  # ViT's position embedding fixes its input side
 
 
@@ -34,9 +31,10 @@ DEFAULT_VIT_METHODS = ("l1",)
 
 
 def _cases(models, vit_methods=None):
-    return [pytest.param(m, method, marks=[VIT_TODO] if m == "vit_b_16" else [])
-            for m in models for method in list_methods()
-            if m != "vit_b_16" or vit_methods is None or method in vit_methods]
+    """Every supported pair; a pair the runner refuses (models/support.py) is tested for its refusal there."""
+    return [(m, method) for m in models for method in list_methods()
+            if method_unsupported_reason(m, method) is None
+            and (m != "vit_b_16" or vit_methods is None or method in vit_methods)]
 
 
 def test_the_default_matrix_covers_every_architecture_family():
