@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prune_runner.config import RunConfig, ScheduleConfig, StageSchedule
+from prune_runner.config import RunConfig
 
 
 def tiny_config(tmp_path: Path, model: str, method: str, **prune) -> RunConfig:
@@ -12,11 +12,11 @@ def tiny_config(tmp_path: Path, model: str, method: str, **prune) -> RunConfig:
     cfg = RunConfig()
     cfg.model.name, cfg.method.name = model, method
     cfg.dataset.train_limit = 256  # a smoke run: enough to see the loss move
-    cfg.schedule = ScheduleConfig(
-        name="tiny",
-        pretrain=StageSchedule(epochs=1, lr=0.05, batch_size=32),
-        sparse_train=StageSchedule(epochs=1, lr=0.02, batch_size=32, lr_schedule="constant"),
-        finetune=StageSchedule(epochs=1, lr=0.05, batch_size=32))
+    cfg.schedule.name = "tiny"
+    for stage, lr, lr_schedule in (("pretrain", 0.05, "cosine"), ("sparse_train", 0.02, "constant"),
+                                   ("finetune", 0.05, "cosine")):
+        sched = getattr(cfg.schedule, stage)  # in place: finetune's schedule type also holds distillation
+        sched.epochs, sched.lr, sched.batch_size, sched.lr_schedule = 1, lr, 32, lr_schedule
     cfg.prune.speed_up = prune.get("speed_up", 1.5)
     cfg.prune.iterative_steps = prune.get("iterative_steps", 10)
     cfg.device, cfg.progress = "cpu", False
