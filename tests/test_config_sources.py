@@ -23,7 +23,14 @@ from prune_runner.regularizers import CONFIG_OPTIONS, REGULARIZERS, method_defau
 from prune_runner.validate import validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-REGISTRIES = {"model": list_models, "method": list_methods, "dataset": list_datasets}
+def _shipped_models() -> list[str]:
+    """Registered models that ship with the package (tests may register their own, e.g. a tiny ViT)."""
+    from prune_runner.models import MODELS
+
+    return [n for n in list_models() if MODELS.get(n).builder.__module__.startswith("prune_runner.")]
+
+
+REGISTRIES = {"model": _shipped_models, "method": list_methods, "dataset": list_datasets}
 REGULARIZED = [m for m in list_methods() if get_method(m).regularizer is not None]
 
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from prune_runner.config import RunConfig
 from prune_runner.distill import Distiller, distill_loss
-from prune_runner.records import config_hash, stage_config, teacher_key, teacher_record
+from prune_runner.records import StageInputs, config_hash, own_config, teacher_key, teacher_record
 from prune_runner.train import Precision, train_epoch
 
 CPU = torch.device("cpu")
@@ -64,6 +64,13 @@ def _records(sparse_sha="aa", pretrain_sha="bb"):
 def test_teacher_is_sparse_train_output_else_pretrain():
     assert teacher_record(_records())["sha256"] == "aa"
     assert teacher_record({"pretrain": _records()["pretrain"]})["sha256"] == "bb"
+
+
+INPUTS = StageInputs(dataset="d", base_checkpoint=None, world_size=1, amp=False)
+
+
+def stage_config(cfg, stage, has_regularizer):
+    return own_config(cfg, stage, has_regularizer, INPUTS)
 
 
 def test_finetune_hash_covers_distillation_settings_and_teacher_checkpoint():

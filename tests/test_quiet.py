@@ -93,7 +93,7 @@ def test_library_logs_in_a_run_carry_no_hydra_tag(capsys):
 
 
 def test_sweep_with_cfg_job_prints_every_job(tmp_path):
-    proc = run_cli(["-m", "method=l1,group_norm", "model=resnet20", "--cfg", "job"], cwd=tmp_path, timeout=300)
+    proc = run_cli(["-m", "method=l1,group_norm", "model=resnet20", "--cfg", "job"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert "# sweep job 1/2: method=l1 model=resnet20" in proc.stdout
