@@ -9,7 +9,11 @@ import pytest
 from conftest import FAST, results_of, run_cli
 
 # speed-up targets kept small so the tiny schedule recovers accuracy; chance is 10% on digits
-E2E_METHODS = ["group_norm", "slim", "growing_reg", "l1", "obdc"]
+# make test runs a regularized and a plain method end to end (the smoke matrix covers every method's
+# parts in seconds); the other three, ~30-40 s each on 2 cores, run under make test-slow
+SLOW = pytest.mark.slow
+E2E_METHODS = ["group_norm", pytest.param("slim", marks=SLOW), pytest.param("growing_reg", marks=SLOW), "l1",
+               pytest.param("obdc", marks=SLOW)]
 
 
 @pytest.fixture(scope="module")

@@ -76,6 +76,7 @@ def test_readme_resume_from_command_parses_as_written(tmp_path):
     assert f"resume_from: {resume_from}" in proc.stdout
 
 
+@pytest.mark.slow  # ~55 s on 2 cores; the resume_from parsing it relies on is tested above in seconds
 def test_printed_reprune_command_starts_from_this_runs_stages(tmp_path):
     """A finished run prints the command that prunes its sparse_train output again; run verbatim (its
     resume_from, a run dir derived from several overrides, holds '=' and ','), it takes pretrain and

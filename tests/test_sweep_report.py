@@ -77,6 +77,7 @@ def test_sweep_over_torchvision_model_names(tmp_path):
         assert (run_dir / "pretrain" / "done.json").exists()
 
 
+@pytest.mark.slow  # ~45 s on 2 cores: four real runs
 def test_seeds_of_one_setup_share_a_row_and_a_base_checkpoint_run_gets_its_own(tmp_path):
     out = tmp_path / "outputs"
     common = ["method=l1", "model=resnet20", "prune.speed_up=1.2", "schedule.pretrain.epochs=1",
