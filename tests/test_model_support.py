@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from inproc import tiny_config
+from inprocess import tiny_config
 
 from prune_runner.cli import preflight
 from prune_runner.errors import UserError

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from conftest import REPO, run_cli
-from inproc import tiny_config
+from inprocess import tiny_config
 from rich.console import Console
 
 from prune_runner.pipeline import run_pipeline

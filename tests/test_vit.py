@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from inproc import tiny_config
+from inprocess import tiny_config
 from torchvision.models.vision_transformer import VisionTransformer
 
 from prune_runner.checkpoint import load_checkpoint, model_payload, rebuild_model
