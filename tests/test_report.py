@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_main
 
+from prune_runner import report_cli
 from prune_runner.errors import UserError
 from prune_runner.plots import plot_importance, plot_tradeoff
 from prune_runner.report import aggregate, load_reference, scan_runs, write_report
@@ -201,17 +200,11 @@ def test_plot_importance_histograms(tmp_path: Path):
     assert plot_importance({}, tmp_path / "empty.png", "empty").exists()
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "prune_runner.report_cli", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
-    )
+def run_cli(*args: str):
+    """prune-report ARGS in this process (its main returns the exit code), 200 columns wide."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COLUMNS", "200")  # long paths stay on one line
+        return run_main(report_cli.main, args)
 
 
 def test_cli_writes_report(tree: Path, tmp_path: Path):
