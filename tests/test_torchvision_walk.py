@@ -1,4 +1,5 @@
-"""Every torchvision classification model by name (slow): it is pruned, or refused with one line.
+"""Every torchvision classification model by name (`make test-walk`, about an hour on 2 CPU cores): it is
+pruned, or refused with one line.
 
 For each name in torchvision.models.list_models(module=torchvision.models):
   - a name in the "not supported" table raises that one-line error, and nothing is built;
@@ -47,7 +48,7 @@ def _linear_sees_tokens(model: nn.Module, x: torch.Tensor) -> bool:
     return any(d > 2 for d in seen)
 
 
-@pytest.mark.slow
+@pytest.mark.walk
 @pytest.mark.parametrize("name", NAMES)
 def test_torchvision_model_prunes_or_is_refused(name):
     if model_unsupported_reason(name) is not None:
