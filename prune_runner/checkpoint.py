@@ -9,88 +9,20 @@ A pruned model is never pickled: it is rebuilt by replaying `pruning_history`
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
-import json
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, RecordError, UserError
+from .errors import CheckpointError
+from .files import atomic_write_bytes
 
 FORMAT = "prune-runner/1"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates 0600 files; a results folder shared with colleagues needs what the umask allows
-FILE_MODE = 0o666 & ~_umask()
-
-
-def open_temp(path: Path) -> tuple[int, str]:
-    """A temp file beside `path` (same filesystem, so the final rename is atomic), mode as umask allows."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, FILE_MODE)
-    return fd, tmp
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: readers see the old or the new file, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = open_temp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"disk full while saving {path}; the previous file there is unchanged") from None
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        raise RecordError(f"record {path} is unreadable ({err})") from None
 
 
 def sha256(data: bytes) -> str:

@@ -7,9 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write_bytes
 from .config import STAGES
 from .errors import UserError
+from .files import atomic_write_bytes
 
 
 class MetricsLog:

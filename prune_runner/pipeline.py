@@ -16,10 +16,10 @@ from typing import Optional
 import torch
 from rich.console import Console
 
-from .checkpoint import atomic_write_json, read_json
 from .config import STAGES, RunConfig
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from .errors import CheckpointError, RecordError, UserError
+from .files import atomic_write_json, read_json
 from .locks import lock_run_dir
 from .methods import get_method
 from .metrics_log import MetricsLog

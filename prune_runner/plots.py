@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import open_temp
+from .files import atomic_path
 
 LOG_X_SPREAD = 1e3  # use a log x-axis when max / smallest positive value exceeds this (3 decades)
 HIST_BINS = 50
@@ -29,18 +29,10 @@ def _new_figure(size: tuple[float, float] = (7.0, 4.5)):
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    """Save via a temporary file and rename, so a reader never sees a half-written image."""
+    """Save atomically, so a reader never sees a half-written image."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".") or "png"
-    fd, tmp = open_temp(path)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
     return path
 
 

@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from .checkpoint import atomic_write_json, load_checkpoint, read_json, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import STAGES, RunConfig
 from .errors import CheckpointError, RecordError, UserError
+from .files import atomic_write_json, read_json
 from .locks import wait_for
 
 RECORD_FORMAT = 2  # records of format 1 hashed config text only; they are redone, never trusted

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import open_temp
 from .config import STAGES
 from .errors import UserError
+from .files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -324,19 +324,6 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file next to `path`, then rename over it (no half-written report)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = open_temp(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_report(root: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     """Scan `root`, write `report.md` and `tradeoff.png` to `out_dir` (default: `root`).
 
@@ -353,7 +340,7 @@ def write_report(root: str | os.PathLike, out_dir: str | os.PathLike | None = No
     reference = load_reference()
     plot_path = plot_tradeoff(rows, out / "tradeoff.png", reference=reference)
     report_path = out / "report.md"
-    write_text_atomic(report_path, render_markdown(root, rows, incomplete, reference, plot_path.name))
+    atomic_write_text(report_path, render_markdown(root, rows, incomplete, reference, plot_path.name))
     return {"report": report_path, "plot": plot_path}
 
 

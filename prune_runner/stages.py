@@ -12,9 +12,9 @@ import torch
 
 from .bn_recal import batches_for, recalibrate_bn, restore_weight_scale
 from .bn_stats import recalibrate_slow_batchnorms, slow_batchnorms
-from .checkpoint import atomic_write_json
 from .config import STAGES, StageSchedule
 from .distributed import barrier, wrap_ddp
+from .files import atomic_write_json
 from .flops import MacCounter
 from .models import build_model
 from .progress import stage_progress
