@@ -191,7 +191,7 @@ def reprune_command(argv: List[str], run_dir: Path, speed_up: float) -> str:
 
 
 def _is_torchvision(name: str) -> bool:
-    from .models.torchvision_models import get_model_spec
+    from .models import get_model_spec
 
     try:
         return get_model_spec(name).family == "torchvision"  # a model it cannot prune: one line, now

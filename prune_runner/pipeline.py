@@ -90,7 +90,7 @@ def _resume_from(cfg: RunConfig) -> tuple[Optional[str], dict]:
 
 def build_state(cfg: RunConfig, run_dir: Path, console: Console, overrides: str, dist: DistInfo) -> RunState:
     from .data import build_data
-    from .models.torchvision_models import get_model_spec
+    from .models import get_model_spec
 
     device = resolve_device(cfg.device, dist)
     set_determinism(cfg)

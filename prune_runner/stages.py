@@ -58,7 +58,7 @@ def measure(state: RunState, model) -> dict:
 
 def warn_if_chance(state: RunState, acc: float, what: str) -> None:
     """A run that ends (or starts) at chance accuracy says so, with the likeliest fix."""
-    from .models.torchvision_models import get_model_spec
+    from .models import get_model_spec
     from .results import chance_threshold, chance_warning
 
     cfg = state.cfg

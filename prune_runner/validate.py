@@ -30,8 +30,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Check `cfg`; return it with the method's defaults filled in (what the run records and hashes)."""
     from .data import list_datasets
     from .methods import METHODS, NORMALIZERS
+    from .models import get_model_spec
     from .models.support import check_supported
-    from .models.torchvision_models import get_model_spec
 
     spec = get_model_spec(cfg.model.name)  # raises UnknownChoiceError naming the choices, or "not supported"
     if cfg.dataset.name not in list_datasets():
