@@ -4,7 +4,7 @@ A checkpoint is a dict of tensors and plain Python values only:
   format, model_name, num_classes, input_size, pruning_history, state_dict, plus
   whatever the stage adds (epoch, optimizer, scheduler, regularizer, rng, metrics).
 A pruned model is never pickled: it is rebuilt by replaying `pruning_history`
-(torch-pruning's DependencyGraph.load_pruning_history) on a freshly built model.
+(pruning.replay_pruning_history) on a freshly built model.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import torch.nn as nn
 
 from .errors import CheckpointError
 from .files import atomic_write_bytes
+from .models import build_model
+from .pruning import replay_pruning_history
 
 FORMAT = "prune-runner/1"
 
@@ -78,8 +80,6 @@ def model_payload(model: nn.Module, model_name: str, num_classes: int, input_siz
 def rebuild_model(ckpt: dict, path: Path | str = "checkpoint", expect_model: Optional[str] = None,
                   expect_classes: Optional[int] = None) -> tuple[nn.Module, list]:
     """Fresh model + replayed pruning history + weights. Returns (model, history)."""
-    from .models import build_model
-
     name, classes = ckpt["model_name"], ckpt["num_classes"]
     if expect_model is not None and name != expect_model:
         raise CheckpointError(f"checkpoint {path} holds model '{name}', not '{expect_model}'")
@@ -88,17 +88,7 @@ def rebuild_model(ckpt: dict, path: Path | str = "checkpoint", expect_model: Opt
     model = build_model(name, classes, input_size=ckpt.get("input_size"))
     history = [tuple(h) for h in ckpt.get("pruning_history", [])]
     if history:
-        import torch_pruning as tp
-
-        from .models.pruning_hints import pruning_hints, sync_after_pruning
-
-        size = ckpt["input_size"]
-        # the same unwrapped parameters as at pruning time (ViT's class token and position embedding)
-        unwrapped = pruning_hints(model, classes)["unwrapped_parameters"]
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, 3, size, size),
-                                                      unwrapped_parameters=unwrapped)
-        graph.load_pruning_history(history)
-        sync_after_pruning(model)
+        replay_pruning_history(model, history, classes, ckpt["input_size"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:

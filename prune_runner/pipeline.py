@@ -21,8 +21,8 @@ from .distributed import DistInfo, barrier, broadcast_object, init_distributed, 
 from .errors import CheckpointError, RecordError, UserError
 from .files import atomic_write_json, read_json
 from .locks import lock_run_dir
-from .methods import get_method
 from .metrics_log import MetricsLog
+from .pruning import get_method
 from .records import (
     RECORD_FORMAT,
     StageCache,

@@ -15,12 +15,21 @@ from .bn_stats import recalibrate_slow_batchnorms, slow_batchnorms
 from .config import STAGES, StageSchedule
 from .distributed import barrier, wrap_ddp
 from .files import atomic_write_json
-from .flops import MacCounter
 from .models import build_model
 from .progress import stage_progress
-from .pruning import ObdcCalibration, build_pruner, grad_calibration, progressive_prune
+from .pruning import (
+    SMALL_NORM,
+    MacCounter,
+    ObdcCalibration,
+    Regularizer,
+    build_pruner,
+    build_regularizer,
+    channel_group_norms,
+    grad_calibration,
+    progressive_prune,
+    regularizer_from_config,
+)
 from .records import StageDir, teacher_record
-from .regularizers import SMALL_NORM
 from .state import RunState
 from .train import evaluate, make_optimizer, make_scheduler, train_epoch
 
@@ -166,8 +175,6 @@ def _pruner(state: RunState):
 
 
 def sparse_train(state: RunState, run: StageRun):
-    from .regularizers import regularizer_from_config
-
     cfg, m = state.cfg, state.cfg.method
     state.ensure_model(run.name)
     pruner = _pruner(state)  # only for its dependency graph: the regularizer's groups
@@ -258,34 +265,19 @@ def prune(state: RunState, run: StageRun):
 def _plot_importance(state: RunState, pruner) -> None:
     """sparsity.png: before pruning, the per-channel magnitudes of what the method's regularizer drives to
     zero (BN scales for slim / group_slim), or group L2 norms for a method without one."""
-    from .regularizers import Regularizer, build_regularizer
-
     name = state.spec.regularizer
     try:
         if name is not None:
             regularizer = build_regularizer(name, state.model, pruner)
             values, what = regularizer.sparsity_values(), regularizer.SPARSIFIES
         else:
-            values, what = _group_norms(pruner), Regularizer.SPARSIFIES
+            values, what = channel_group_norms(pruner), Regularizer.SPARSIFIES
         from .plots import plot_importance
 
         plot_importance(values.detach().float().cpu(), state.run_dir / "sparsity.png",
                         title=f"{state.cfg.method.name}: {what} before pruning")
     except Exception as err:  # a plot must never fail a run
         state.say(f"[yellow]sparsity.png not written: {err}[/yellow]")
-
-
-def _group_norms(pruner) -> torch.Tensor:
-    import torch_pruning as tp
-
-    scorer = tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)
-    values = []
-    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                          root_module_types=pruner.root_module_types):
-        imp = scorer(group)
-        if imp is not None:
-            values.append(imp.sqrt().detach().float().cpu())
-    return torch.cat(values) if values else torch.zeros(0)
 
 
 def finetune(state: RunState, run: StageRun):

@@ -14,8 +14,8 @@ from .checkpoint import load_checkpoint, model_payload, rebuild_model
 from .config import RunConfig
 from .distributed import DistInfo
 from .errors import UserError
-from .methods import MethodSpec
 from .metrics_log import MetricsLog
+from .pruning import MethodSpec
 from .train import Precision
 
 

@@ -29,9 +29,9 @@ def _non_negative(name: str, value: float) -> None:
 def validate(cfg: RunConfig) -> RunConfig:
     """Check `cfg`; return it with the method's defaults filled in (what the run records and hashes)."""
     from .data import list_datasets
-    from .methods import METHODS, NORMALIZERS
     from .models import get_model_spec
     from .models.support import check_supported
+    from .pruning import METHODS, NORMALIZERS
 
     spec = get_model_spec(cfg.model.name)  # raises UnknownChoiceError naming the choices, or "not supported"
     if cfg.dataset.name not in list_datasets():
@@ -84,7 +84,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     dev = cfg.device
     _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
            f"unknown device '{dev}'; choose one of: auto, cpu, cuda, cuda:N")
-    from .method_defaults import resolve_method_defaults
+    from .pruning import resolve_method_defaults
 
     return resolve_method_defaults(cfg)
 

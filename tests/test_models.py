@@ -9,7 +9,7 @@ import torchvision
 
 from prune_runner.errors import UnknownChoiceError, UserError
 from prune_runner.models import MODELS, build_model, get_model_spec, list_models, register_model
-from prune_runner.models.pruning_hints import pruning_hints
+from prune_runner.pruning.hints import pruning_hints
 
 CIFAR_MODELS = list_models(family="cifar")
 

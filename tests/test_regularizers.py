@@ -12,7 +12,7 @@ from torch import nn
 
 from prune_runner.errors import UserError
 from prune_runner.models import build_model
-from prune_runner.regularizers import REGULARIZERS, build_regularizer
+from prune_runner.pruning.regularizers import REGULARIZERS, build_regularizer
 
 torch.set_num_threads(1)
 SIZE = 8  # input side, pixels: tiny so that tracing and steps stay fast

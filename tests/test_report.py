@@ -238,8 +238,8 @@ def test_cli_missing_and_empty_dir(tmp_path: Path):
 def test_tradeoff_with_26_series_stays_within_the_figure(tmp_path: Path):
     """8 models with 3 or 4 methods each: every panel, label and the legend lie inside the figure, and
     each method has its own colour and marker, the same in every panel."""
-    from prune_runner.methods import list_methods
     from prune_runner.plots import method_styles, tradeoff_figure
+    from prune_runner.pruning.methods import list_methods
     from prune_runner.report import Stat
 
     methods = list_methods()

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 from torch_pruning.pruner import function
 
-from .errors import UserError
-from .registry import Registry
+from ..errors import UserError
+from ..registry import Registry
+from .groups import dependency_groups
 from .regularizer_plans import (
     CONV_OR_LINEAR,
     IN_FNS,
@@ -342,8 +343,7 @@ def build_regularizer(name: str, model: nn.Module, pruner, **options) -> Regular
     cls = REGULARIZERS.get(name)
 
     def groups_fn():
-        return list(pruner.DG.get_all_groups(
-            root_module_types=pruner.root_module_types, ignored_layers=pruner.ignored_layers))
+        return list(dependency_groups(pruner))
 
     options.setdefault("ignored_layers", list(pruner.ignored_layers))
     return cls(model, groups_fn, **options)
