@@ -37,7 +37,7 @@ from .records import (
     problem_with,
     teacher_key,
 )
-from .results import print_results
+from .report import print_results
 from .stages import MAIN_ONLY, STAGE_FNS, StageRun
 from .state import RunState
 from .train import Precision

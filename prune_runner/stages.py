@@ -30,6 +30,7 @@ from .pruning import (
     regularizer_from_config,
 )
 from .records import StageDir, teacher_record
+from .report import build_results, chance_threshold, chance_warning, plot_importance, print_results
 from .state import RunState
 from .train import evaluate, make_optimizer, make_scheduler, train_epoch
 
@@ -68,7 +69,6 @@ def measure(state: RunState, model) -> dict:
 def warn_if_chance(state: RunState, acc: float, what: str) -> None:
     """A run that ends (or starts) at chance accuracy says so, with the likeliest fix."""
     from .models import get_model_spec
-    from .results import chance_threshold, chance_warning
 
     cfg = state.cfg
     base = state.records.get("pretrain", {}).get("metrics", {}).get("acc")
@@ -272,8 +272,6 @@ def _plot_importance(state: RunState, pruner) -> None:
             values, what = regularizer.sparsity_values(), regularizer.SPARSIFIES
         else:
             values, what = channel_group_norms(pruner), Regularizer.SPARSIFIES
-        from .plots import plot_importance
-
         plot_importance(values.detach().float().cpu(), state.run_dir / "sparsity.png",
                         title=f"{state.cfg.method.name}: {what} before pruning")
     except Exception as err:  # a plot must never fail a run
@@ -298,8 +296,6 @@ def finetune(state: RunState, run: StageRun):
 
 
 def evaluate_stage(state: RunState, run: StageRun):
-    from .results import build_results, print_results
-
     cfg = state.cfg
     model = state.ensure_model(run.name)
     final = measure(state, model)

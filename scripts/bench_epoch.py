@@ -41,7 +41,7 @@ from prune_runner.data.base import DataOptions  # noqa: E402
 from prune_runner.data.loader_data import data_from_tensors  # noqa: E402
 from prune_runner.data.tensor_data import ImageTensors  # noqa: E402
 from prune_runner.models import build_model  # noqa: E402
-from prune_runner.provenance import cpu_name  # noqa: E402
+from prune_runner.report.provenance import cpu_name  # noqa: E402
 from prune_runner.train import Precision, make_optimizer, make_scheduler, train_epoch  # noqa: E402
 
 NUM_CLASSES = 10

@@ -111,7 +111,7 @@ def mean_std(values) -> str:
 def machine() -> str:
     import torch
 
-    from prune_runner.provenance import cpu_name
+    from prune_runner.report.provenance import cpu_name
 
     return (f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
             f"{torch.get_num_threads()} torch threads, python {platform.python_version()}")

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .files import atomic_path
+from ..files import atomic_path
+from .reference import load_reference
 
 LOG_X_SPREAD = 1e3  # use a log x-axis when max / smallest positive value exceeds this (3 decades)
 HIST_BINS = 50
@@ -101,15 +102,13 @@ def _draw_panel(ax, pair, rows, reference, styles, handles) -> None:
 def plot_tradeoff(rows: list[dict], path: str | os.PathLike, reference: list[dict] | None = None) -> Path:
     """Final accuracy (%) vs MACs speed-up: a panel per dataset/model, a line per method in it.
 
-    `rows` come from report.aggregate. Error bars show the std over seeds. `reference` are published
-    points (report.load_reference() when None; pass [] for none); those of a plotted dataset/model are
+    `rows` come from summary.aggregate. Error bars show the std over seeds. `reference` are published
+    points (load_reference() when None; pass [] for none); those of a plotted dataset/model are
     drawn as hollow markers with labels. The base accuracy of each dataset/model is a dotted line. A
     method keeps its colour and marker in every panel, and the one legend sits right of the panels, so the
     figure stays readable with many models and methods.
     """
     if reference is None:
-        from .report import load_reference
-
         reference = load_reference()
     return _save(tradeoff_figure(rows, reference), path)
 
