@@ -185,9 +185,7 @@ def sparse_train(state: RunState, run: StageRun):
         warm = 1.0 if m.reg_warmup <= 0 else min(1.0, (epoch + 1) / m.reg_warmup)
         return strength * warm
 
-    # growing_reg with reg_update_every=0 grows its coefficients once per epoch, as the reference script does
-    per_epoch = getattr(regularizer, "update_reg", None) if not m.reg_update_every else None
-    fit(state, run, cfg.schedule.sparse_train, regularizer, coef, on_epoch_end=per_epoch)
+    fit(state, run, cfg.schedule.sparse_train, regularizer, coef, on_epoch_end=regularizer.epoch_end)
     metrics = measure(state, state.model)
     stats = regularizer.stats()
     metrics.update({f"reg_{k}": v for k, v in stats.items()})

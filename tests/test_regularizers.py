@@ -279,6 +279,19 @@ def test_growing_reg_state_round_trip():
     assert fresh.stats()["reg_max"] > 0.05
 
 
+def test_epoch_end_grows_growing_reg_only_when_it_grows_per_epoch():
+    model = randomized("resnet")
+    pruner = library_pruner(tp.pruner.GrowingRegPruner, model)
+    per_epoch = build_regularizer("growing_reg", model, pruner, reg=0.05, delta_reg=0.1)  # update_every 0
+    per_epoch.epoch_end()
+    assert float(per_epoch.reg.max()) > 0.05
+    per_step = build_regularizer("growing_reg", model, pruner, reg=0.05, delta_reg=0.1, update_every=3)
+    per_step.epoch_end()
+    assert torch.all(per_step.reg == 0.05)
+    group_norm = build_regularizer("group_norm", model, pruner)
+    group_norm.epoch_end()  # nothing grows: a no-op every regularizer offers
+
+
 @pytest.mark.parametrize("name", ["resnet", "vgg", "dense"])
 def test_refresh_after_pruning_matches_fresh_library_pruner(name):
     model = randomized(name)
