@@ -114,7 +114,7 @@ def _write_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> No
 
 def _run_onnx(path: Path, inputs: torch.Tensor) -> torch.Tensor:
     _require("onnxruntime", "checking an onnx export")
-    import onnxruntime
+    import onnxruntime  # an optional dependency: only for checking .onnx files
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: inputs.detach().cpu().numpy()}

@@ -17,11 +17,13 @@ import torch
 from rich.console import Console
 
 from .config import STAGES, RunConfig
+from .data import build_data
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from .errors import CheckpointError, RecordError, UserError
 from .files import atomic_write_json, read_json
 from .locks import lock_run_dir
 from .metrics_log import MetricsLog
+from .models import get_model_spec
 from .pruning import get_method
 from .records import (
     RECORD_FORMAT,
@@ -89,9 +91,6 @@ def _resume_from(cfg: RunConfig) -> tuple[Optional[str], dict]:
 
 
 def build_state(cfg: RunConfig, run_dir: Path, console: Console, overrides: str, dist: DistInfo) -> RunState:
-    from .data import build_data
-    from .models import get_model_spec
-
     device = resolve_device(cfg.device, dist)
     set_determinism(cfg)
     on_cuda = device.type == "cuda"

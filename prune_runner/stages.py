@@ -13,9 +13,12 @@ import torch
 from .bn_recal import batches_for, recalibrate_bn, restore_weight_scale
 from .bn_stats import recalibrate_slow_batchnorms, slow_batchnorms
 from .config import STAGES, StageSchedule
+from .distill import Distiller
 from .distributed import barrier, wrap_ddp
+from .export import export_model
 from .files import atomic_write_json
-from .models import build_model
+from .latency import MAX_SPREAD, compare_latency
+from .models import build_model, get_model_spec
 from .progress import stage_progress
 from .pruning import (
     SMALL_NORM,
@@ -68,8 +71,6 @@ def measure(state: RunState, model) -> dict:
 
 def warn_if_chance(state: RunState, acc: float, what: str) -> None:
     """A run that ends (or starts) at chance accuracy says so, with the likeliest fix."""
-    from .models import get_model_spec
-
     cfg = state.cfg
     base = state.records.get("pretrain", {}).get("metrics", {}).get("acc")
     if what == "final" and base is not None and base >= chance_threshold(state.num_classes):
@@ -277,8 +278,6 @@ def _plot_importance(state: RunState, pruner) -> None:
 
 
 def finetune(state: RunState, run: StageRun):
-    from .distill import Distiller
-
     state.ensure_model(run.name)
     sched = state.cfg.schedule.finetune
     criterion = None
@@ -300,8 +299,6 @@ def evaluate_stage(state: RunState, run: StageRun):
     warn_if_chance(state, final["acc"], "final")
     latency = None
     if cfg.eval.latency:
-        from .latency import MAX_SPREAD, compare_latency
-
         base_model, _ = state.load(Path(state.records["pretrain"]["checkpoint"]),
                                    state.records["pretrain"]["sha256"])
         shape = (3, state.input_size, state.input_size)
@@ -313,8 +310,6 @@ def evaluate_stage(state: RunState, run: StageRun):
         del base_model
     results = build_results(state, final, latency)
     if cfg.export:
-        from .export import export_model
-
         paths = export_model(model.eval(), state.data.example_input(1), list(cfg.export), state.run_dir / "export")
         results["export"] = {k: str(v) for k, v in paths.items()}
     atomic_write_json(state.run_dir / "results.json", results)

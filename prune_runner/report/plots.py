@@ -21,6 +21,8 @@ HIST_BINS = 50
 
 
 def _new_figure(size: tuple[float, float] = (7.0, 4.5)):
+    # matplotlib here, not at the top: it takes about a second to import, and every prune-run imports this
+    # module (the prune stage draws sparsity.png) but draws one figure at most
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -48,7 +50,7 @@ MARKERS = "osD^v<>pPX*h"
 def method_styles(methods: list[str]) -> dict[str, dict]:
     """A distinct (colour, marker) per method, the same in every panel: tab20's dark shades first, then its
     light ones (20 colours), each with its own marker."""
-    import matplotlib
+    import matplotlib  # not at the top: see _new_figure
 
     cmap = matplotlib.colormaps["tab20"]
     order = [*range(0, 20, 2), *range(1, 20, 2)]
