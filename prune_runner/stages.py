@@ -13,6 +13,7 @@ import torch
 from .bn_recal import batches_for, recalibrate_bn, restore_weight_scale
 from .bn_stats import recalibrate_slow_batchnorms, slow_batchnorms
 from .config import STAGES, StageSchedule
+from .data.base import stream_seed
 from .distill import Distiller
 from .distributed import barrier, wrap_ddp
 from .export import export_model
@@ -44,7 +45,7 @@ EVAL_BATCH = 256  # images per evaluation batch
 class StageRun:
     name: str
     dir: StageDir
-    flat: dict  # the config this stage depends on, upstream included
+    stage_config: dict  # the config this stage depends on, upstream included
     hash: str
     resume: Optional[dict]  # the epoch checkpoint to continue from, if any
 
@@ -64,7 +65,7 @@ def _set_rng_state(state: dict) -> None:
 
 def measure(state: RunState, model) -> dict:
     """Top-1 accuracy, MACs and parameters of `model` (the MACs from its current shapes)."""
-    metrics = evaluate(model, state.data.eval_batches(EVAL_BATCH), state.device, state.precision)
+    metrics = evaluate(model, state.data.eval_batches(EVAL_BATCH), state.device, state.fast)
     macs, params = MacCounter(model, state.data.example_input(1)).count(model)
     return {"acc": metrics["acc"], "eval_loss": metrics["loss"], "macs": int(macs), "params": int(params)}
 
@@ -114,7 +115,7 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
     if cfg.fast.compile:
         torch._dynamo.reset()  # the model may have changed shape since the last compile (pruning)
         train_model = torch.compile(train_model)
-    data_seed = cfg.seed * 7919 + STAGES.index(run.name)  # distinct shuffles per stage, fixed per seed
+    data_seed = stream_seed(cfg.seed, STAGES.index(run.name))  # distinct shuffles per stage, fixed per seed
     slow_bn = bool(slow_batchnorms(model))
     last: dict = {}
     with stage_progress(state.console, cfg.progress and state.dist.is_main, run.name, sched.epochs, start) as bar:
@@ -128,14 +129,14 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
                     regularizer.apply(strength)
 
             batches = bar.steps(data.train_batches(sched.batch_size, epoch, data_seed), steps)
-            last = train_epoch(train_model, batches, opt, scheduler, state.device, state.precision,
+            last = train_epoch(train_model, batches, opt, scheduler, state.device, state.fast,
                                regularize=reg_fn, criterion=criterion)
             if on_epoch_end is not None:
                 on_epoch_end()
             if slow_bn:  # their running statistics (momentum 0.01) lag far behind in a short schedule
                 recalibrate_slow_batchnorms(model, data.train_batches(sched.batch_size, epoch, data_seed),
-                                            state.precision, state.device)
-            val = evaluate(model, data.eval_batches(EVAL_BATCH), state.device, state.precision)
+                                            state.fast, state.device)
+            val = evaluate(model, data.eval_batches(EVAL_BATCH), state.device, state.fast)
             last.update(val_acc=val["acc"], val_loss=val["loss"])
             if regularizer is not None:
                 last.update(reg_coef=coef(epoch), **{f"reg_{k}": v for k, v in regularizer.stats().items()})
@@ -243,8 +244,8 @@ def prune(state: RunState, run: StageRun):
     stale = measure(state, state.model) if cfg.prune.bn_recalibration_batches > 0 else None
     if stale is not None:
         batches = batches_for(state.data, cfg.schedule.finetune.batch_size, cfg.prune.bn_recalibration_batches,
-                              seed=cfg.seed * 7919 + len(STAGES))  # a stream no training stage draws
-        used = recalibrate_bn(state.model, batches, state.device, state.precision)
+                              seed=stream_seed(cfg.seed, len(STAGES)))  # a stream no training stage draws
+        used = recalibrate_bn(state.model, batches, state.device, state.fast)
     settled = restore_weight_scale(state.model, example) if cfg.prune.restore_weight_scale else None
     metrics = measure(state, state.model)
     acc_line = f"acc before fine-tuning {metrics['acc']:.4f}"
