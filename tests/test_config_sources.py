@@ -1,5 +1,5 @@
 """One value, one place: the YAML groups in conf/ name exactly the registered components, and each method's
-regularizer defaults live in prune_runner/regularizers.py only, reaching a run unchanged from the YAML."""
+regularizer defaults live in prune_runner/pruning/regularizers.py only, reaching a run unchanged from the YAML."""
 
 from __future__ import annotations
 
