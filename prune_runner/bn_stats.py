@@ -27,7 +27,7 @@ def slow_batchnorms(model: nn.Module) -> List[_BatchNorm]:
 
 
 @torch.no_grad()
-def recalibrate_slow_batchnorms(model: nn.Module, batches: Iterable, precision, device: torch.device) -> int:
+def recalibrate_slow_batchnorms(model: nn.Module, batches: Iterable, fast, device: torch.device) -> int:
     """Recompute the running statistics of the slow BatchNorm layers; returns how many were."""
     slow = slow_batchnorms(model)
     if not slow:
@@ -44,9 +44,9 @@ def recalibrate_slow_batchnorms(model: nn.Module, batches: Iterable, precision, 
     model.train()
     try:
         for x, _ in islice(batches, CALIB_BATCHES):
-            if precision.channels_last:
+            if fast.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with precision.autocast(device):
+            with fast.autocast(device):
                 model(x)
     finally:
         for m, momentum in saved.items():

@@ -10,7 +10,12 @@ from __future__ import annotations
 import math
 
 from .config import STAGES, RunConfig
+from .data import list_datasets
 from .errors import UnknownChoiceError, UserError
+from .export import validate_formats
+from .models import get_model_spec
+from .models.support import check_supported
+from .pruning import METHODS, NORMALIZERS, resolve_method_defaults
 
 LR_SCHEDULES = ("constant", "cosine", "step")
 RESUME_MODES = ("auto", "overwrite")
@@ -28,11 +33,6 @@ def _non_negative(name: str, value: float) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check `cfg`; return it with the method's defaults filled in (what the run records and hashes)."""
-    from .data import list_datasets
-    from .methods import METHODS, NORMALIZERS
-    from .models.support import check_supported
-    from .models.torchvision_models import get_model_spec
-
     spec = get_model_spec(cfg.model.name)  # raises UnknownChoiceError naming the choices, or "not supported"
     if cfg.dataset.name not in list_datasets():
         raise UnknownChoiceError("dataset", cfg.dataset.name, list_datasets())
@@ -84,20 +84,16 @@ def validate(cfg: RunConfig) -> RunConfig:
     dev = cfg.device
     _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
            f"unknown device '{dev}'; choose one of: auto, cpu, cuda, cuda:N")
-    from .method_defaults import resolve_method_defaults
-
     return resolve_method_defaults(cfg)
 
 
 def _check_dependencies(cfg: RunConfig) -> None:
     """Export formats and the logger exist, and their optional packages are installed."""
-    from .export import validate_formats
-
     if cfg.logger not in LOGGERS:
         raise UnknownChoiceError("logger", cfg.logger, LOGGERS)
     if cfg.logger == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401  (the run imports it at the first log call anyway)
+        try:  # an optional dependency, imported here to see whether it is installed
+            import tensorboard  # noqa: F401  (the run imports it at the first log call)
         except ImportError:
             raise UserError("logger=tensorboard needs the optional dependency: "
                             "pip install 'prune-runner[tensorboard]'") from None

@@ -23,7 +23,7 @@ import torch
 
 from prune_runner.latency import MAX_SPREAD, compare_latency, measure_latency
 from prune_runner.models import build_model
-from prune_runner.provenance import cpu_name
+from prune_runner.report.provenance import cpu_name
 
 BAND = (0.9, 1.1)  # an honest ratio of two identical models lies within this
 

@@ -12,8 +12,8 @@ from conftest import run_main
 
 from prune_runner import report_cli
 from prune_runner.errors import UserError
-from prune_runner.plots import plot_importance, plot_tradeoff
 from prune_runner.report import aggregate, load_reference, scan_runs, write_report
+from prune_runner.report.plots import plot_importance, plot_tradeoff
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -231,9 +231,9 @@ def test_cli_missing_and_empty_dir(tmp_path: Path):
 def test_tradeoff_with_26_series_stays_within_the_figure(tmp_path: Path):
     """8 models with 3 or 4 methods each: every panel, label and the legend lie inside the figure, and
     each method has its own colour and marker, the same in every panel."""
-    from prune_runner.methods import list_methods
-    from prune_runner.plots import method_styles, tradeoff_figure
+    from prune_runner.pruning.methods import list_methods
     from prune_runner.report import Stat
+    from prune_runner.report.plots import method_styles, tradeoff_figure
 
     methods = list_methods()
     pairs = [("cifar10", "resnet56"), ("cifar100", "vgg19_bn")] + [("digits", f"model_{i}") for i in range(6)]
