@@ -117,6 +117,7 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
         train_model = torch.compile(train_model)
     data_seed = stream_seed(cfg.seed, STAGES.index(run.name))  # distinct shuffles per stage, fixed per seed
     slow_bn = bool(slow_batchnorms(model))
+    every_bn = regularizer is not None  # shrinking weights outrun every running average (bn_stats.py)
     last: dict = {}
     with stage_progress(state.console, cfg.progress and state.dist.is_main, run.name, sched.epochs, start) as bar:
         for epoch in range(start, sched.epochs):
@@ -133,9 +134,9 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
                                regularize=reg_fn, criterion=criterion)
             if on_epoch_end is not None:
                 on_epoch_end()
-            if slow_bn:  # their running statistics (momentum 0.01) lag far behind in a short schedule
+            if slow_bn or every_bn:  # slow ones (momentum 0.01) lag far behind in a short schedule
                 recalibrate_slow_batchnorms(model, data.train_batches(sched.batch_size, epoch, data_seed),
-                                            state.fast, state.device)
+                                            state.fast, state.device, every_layer=every_bn)
             val = evaluate(model, data.eval_batches(EVAL_BATCH), state.device, state.fast)
             last.update(val_acc=val["acc"], val_loss=val["loss"])
             if regularizer is not None:
