@@ -192,9 +192,9 @@ def sparse_train(state: RunState, run: StageRun):
     metrics = measure(state, state.model)
     stats = regularizer.stats()
     metrics.update({f"reg_{k}": v for k, v in stats.items()})
-    state.say(f"sparse_train: {100 * stats['frac_below_1e-2']:.1f}% of {stats['channels']} channels have a group "
-              f"L2 norm below {SMALL_NORM:g} (the mass pruning can remove at no cost)")
-    warning = weak_sparsity_warning(stats["frac_below_1e-2"], m.reg)
+    state.say(f"sparse_train: {100 * stats['frac_below_1e-2']:.1f}% of {stats['channels']} channels have "
+              f"{regularizer.NEAR_ZERO} below {SMALL_NORM:g} (the mass pruning can remove at no cost)")
+    warning = weak_sparsity_warning(stats["frac_below_1e-2"], m.reg, regularizer.NEAR_ZERO)
     if warning:
         state.say(f"[yellow]{warning}[/yellow]")
     return metrics, state.payload()
@@ -203,11 +203,11 @@ def sparse_train(state: RunState, run: StageRun):
 WEAK_SPARSITY = 0.05  # below this fraction of channels near zero, sparse training did almost nothing
 
 
-def weak_sparsity_warning(frac_below: float, reg: float) -> str | None:
+def weak_sparsity_warning(frac_below: float, reg: float, near_zero: str = "a group L2 norm") -> str | None:
     """One line when sparse training left almost no channel near zero, with a stronger coefficient to try."""
     if frac_below >= WEAK_SPARSITY:
         return None
-    return (f"warning: sparse training left only {100 * frac_below:.1f}% of channels with a group L2 norm below "
+    return (f"warning: sparse training left only {100 * frac_below:.1f}% of channels with {near_zero} below "
             f"{SMALL_NORM:g}, so pruning will cut live channels; try a stronger method.reg={10 * reg:.3g} "
             f"(now {reg:g}) or more schedule.sparse_train.epochs")
 

@@ -120,6 +120,7 @@ class Regularizer:
         return self.imp_plan.channel_sq_norms().sqrt()
 
     SPARSIFIES = "group L2 norms"  # what sparsity_values() measures, for the plot's title
+    NEAR_ZERO = "a group L2 norm"  # the same, for "N% of channels have ... below 0.01"
 
     @torch.no_grad()
     def sparsity_values(self) -> torch.Tensor:
@@ -129,9 +130,10 @@ class Regularizer:
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
         imp = self.importance()
+        driven = self.sparsity_values()  # what this regularizer drives to zero: BN scales for slim
         return {
             "group_norm_mean": float(imp.mean()) if imp.numel() else 0.0,
-            "frac_below_1e-2": float((imp < SMALL_NORM).float().mean()) if imp.numel() else 0.0,
+            "frac_below_1e-2": float((driven < SMALL_NORM).float().mean()) if driven.numel() else 0.0,
             "channels": self.n_channels,
             "groups": self.n_groups,
         }
@@ -318,6 +320,7 @@ class SlimRegularizer(Regularizer):
         ]
 
     SPARSIFIES = "BatchNorm scales |gamma|"
+    NEAR_ZERO = "a BatchNorm scale |gamma|"
 
     @torch.no_grad()
     def sparsity_values(self) -> torch.Tensor:
@@ -354,6 +357,7 @@ class GroupSlimRegularizer(Regularizer):
         self.scale_plan = ScalePlan(entries, self.group_sizes, self.device)
 
     SPARSIFIES = "group BatchNorm-scale norms"
+    NEAR_ZERO = "a group BatchNorm-scale norm"
 
     @torch.no_grad()
     def sparsity_values(self) -> torch.Tensor:
