@@ -89,8 +89,8 @@ def quote_paths(argv: List[str]) -> List[str]:
 def preflight(argv: List[str]) -> List[str]:
     """Validate `key=value` overrides; returns argv with path values quoted for Hydra's grammar.
 
-    A torchvision model name that has no YAML of its own is stored as a `model` group option in Hydra's
-    ConfigStore, so `model=efficientnet_b0` and sweeps such as `model=efficientnet_b0,resnet20` compose
+    A torchvision model name (or timm/<name>) that has no YAML of its own is stored as a `model` group option in
+    Hydra's ConfigStore, so `model=efficientnet_b0` and sweeps such as `model=efficientnet_b0,resnet20` compose
     like any other group choice (the ConfigStore travels with submitit's jobs to the cluster)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -118,11 +118,18 @@ def preflight(argv: List[str]) -> List[str]:
                 if key == "model" and _is_torchvision(value):
                     ConfigStore.instance().store(group="model", name=value, node={"name": value})
                     continue
+                if key == "model" and value.startswith("timm/"):
+                    from .models import get_model_spec
+
+                    get_model_spec(value)  # timm installed and the name known, else one line now
+                    group, _, option = f"model/{value}".rpartition("/")  # Hydra reads `timm/x` as a sub-folder
+                    ConfigStore.instance().store(group=group, name=option, node={"name": value}, package="model")
+                    continue
                 if key == "model":
                     from .models import list_models
 
                     raise UserError(f"unknown model '{value}'; choose one of: {', '.join(list_models())}, "
-                                    "or any torchvision classification model name")
+                                    "any torchvision classification model name, or timm/<any timm model name>")
                 raise UnknownChoiceError(key, value, options)
             out.append(arg)
             continue

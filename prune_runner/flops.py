@@ -101,6 +101,7 @@ class MacCounter:
 
     def __init__(self, model: nn.Module, example_inputs: Any):
         self.batch = _batch_size(example_inputs)
+        self.example_inputs = example_inputs  # for a check that the pruned model still runs
         # name -> output positions over the whole example batch, summed over calls
         # (conv: output pixels; Linear: tokens, i.e. output elements / out_features)
         self.positions: Dict[str, int] = {}

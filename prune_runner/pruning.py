@@ -10,15 +10,17 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from .errors import UserError
-from .flops import MacCounter
+from .flops import MacCounter, count_macs
 from .methods import MethodSpec
 from .models.pruning_hints import pruning_hints, sync_after_pruning
+from .models.timm_hints import explain_failures
 
 
 class PruningTargetError(UserError):
     """The method could not reach the requested speed-up within the step budget."""
 
 
+@explain_failures  # a timm model torch-pruning cannot take apart: one line naming the layer
 def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: MethodSpec, num_classes: int, *,
                  steps: int = 100, max_pruning_ratio: float = 0.9, global_pruning: bool = False,
                  round_to: Optional[int] = None, normalizer: Optional[str] = None) -> tp.pruner.BasePruner:
@@ -122,6 +124,7 @@ class ObdcCalibration:
                     imp.Fisher[layer] = torch.zeros(())
 
 
+@explain_failures
 def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: MacCounter, target: float, *,
                       calibrate: Optional[Callable[[], None]] = None, describe: str = "model",
                       on_step: Optional[Callable[[int, int, float], None]] = None) -> dict:
@@ -144,6 +147,7 @@ def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: M
         if speed_up >= target:
             break
     model.zero_grad(set_to_none=True)
+    count_macs(model, counter.example_inputs)  # one forward: the pruned model runs (else the failure is named here)
     if speed_up < target:
         raise PruningTargetError(
             f"{describe} reached only {speed_up:.3f}x of the {target}x MACs speed-up after {step} pruning steps; "

@@ -1,7 +1,8 @@
 """Model registry: name -> ModelSpec. `build_model` is the one way to build a model.
 
 CIFAR models are registered by their modules (imported below); any torchvision
-classification model is also accepted by name (e.g. resnet50, mobilenet_v2, vit_b_16).
+classification model is also accepted by name (e.g. resnet50, mobilenet_v2, vit_b_16),
+and any timm model as `timm/<name>` (timm_models.py; timm is an optional dependency).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class ModelSpec:
     name: str
     builder: Callable[..., nn.Module]  # builder(num_classes, pretrained=False) -> model
     input_size: int  # default square input side, pixels (32 for CIFAR nets, 224 for ImageNet nets)
-    family: str  # "cifar" or "torchvision"
+    family: str  # "cifar", "torchvision" or "timm"
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
@@ -35,8 +36,9 @@ def register_model(name: str, input_size: int = 32, family: str = "cifar"):
     return add
 
 
-# Filled in by the model modules; imported for their registrations.
-from . import cifar_densenet, cifar_mobilenetv2, cifar_resnet, cifar_vgg, torchvision_models  # noqa: E402,F401
+# Filled in by the model modules; imported for their registrations (timm_models: the timm/ family, which
+# imports timm only when such a name is used).
+from . import cifar_densenet, cifar_mobilenetv2, cifar_resnet, cifar_vgg, timm_models, torchvision_models  # noqa: E402,F401
 from .torchvision_models import get_model_spec  # noqa: E402
 
 
@@ -45,8 +47,8 @@ def list_models(family: str | None = None) -> List[str]:
 
 
 def build_model(name: str, num_classes: int, pretrained: bool = False, input_size: int | None = None) -> nn.Module:
-    """`input_size` (pixels) reaches only torchvision builders: a ViT fixes its patch grid at build time."""
+    """`input_size` (pixels) reaches torchvision and timm builders: a ViT fixes its patch grid at build time."""
     spec = get_model_spec(name)
-    if spec.family == "torchvision":
+    if spec.family in ("torchvision", "timm"):
         return spec.builder(num_classes, pretrained=pretrained, input_size=input_size)
     return spec.builder(num_classes, pretrained=pretrained)

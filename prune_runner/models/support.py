@@ -56,9 +56,14 @@ def method_unsupported_reason(model: str, method: str) -> Optional[str]:
 
 
 def check_supported(model: str, method: str, family: str) -> None:
-    """Raise the one-line "not supported" error for a torchvision model x method this project cannot run."""
-    if family != "torchvision":
+    """Raise the one-line "not supported" error for a torchvision or timm model x method this project cannot run."""
+    if family == "timm":
+        from .timm_models import method_unsupported_reason as timm_reason
+
+        reason = timm_reason(model, method)
+    elif family != "torchvision":
         return  # the CIFAR models are smoke-tested with every method
-    reason = method_unsupported_reason(model, method)
+    else:
+        reason = method_unsupported_reason(model, method)
     if reason is not None:
         raise ModelNotSupportedError(f"model {model} with method {method} is not supported: {reason}")
