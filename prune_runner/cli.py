@@ -18,13 +18,14 @@ import shlex
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from .cli_search import check_sweeper, store_optuna_preset
 from .config import RunConfig
 from .errors import UnknownChoiceError, UserError
 
@@ -104,12 +105,17 @@ def preflight(argv: List[str]) -> List[str]:
     by_word = dict(zip(words, parsed))
     for arg in argv:
         override = by_word.get(arg)
+        if override is not None and override.key_or_group == "hydra/sweeper":
+            check_sweeper(override.get_value_element_as_str())  # an extra that is not installed: one line
         if override is None or override.is_delete() or override.key_or_group.startswith("hydra"):
             out.append(arg)
             continue
         key = override.key_or_group
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
-            override.get_value_element_as_str()]
+        if override.is_interval_sweep():  # interval(a, b): a search space (hydra/sweeper=optuna); its two ends
+            values = [str(override.value().start), str(override.value().end)]
+        else:
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
+                override.get_value_element_as_str()]
         if key in GROUPS:
             options = group_options(key)
             for value in values:
@@ -207,8 +213,11 @@ def _is_torchvision(name: str) -> bool:
 
 
 @hydra.main(config_path="pkg://prune_runner.conf", config_name="config", version_base="1.3")
-def _app(dcfg: DictConfig) -> None:
+def _app(dcfg: DictConfig) -> Optional[float]:
+    """One run; returns its objective (search.objective), which a search sweeper (hydra/sweeper=optuna) maximizes,
+    or None for a run that failed or has no results."""
     from .pipeline import run_pipeline
+    from .search import run_objective
 
     hc = HydraConfig.get()
     multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
@@ -219,6 +228,7 @@ def _app(dcfg: DictConfig) -> None:
         if not multirun and os.environ.get("RANK", "0") == "0" and (run_dir / "sparse_train" / "done.json").exists():
             print(f"to prune this run's sparse_train output again, at another speed-up:\n"
                   f"  {reprune_command(ARGV, run_dir, cfg.prune.speed_up)}", flush=True)
+        return run_objective(cfg.search.objective, run_dir, cfg.search.min_speed_up)
     except UserError as err:
         print(f"prune-run: error: {err}", file=sys.stderr, flush=True)
         if not multirun:
@@ -286,6 +296,7 @@ def main() -> None:
         sys.exit(2)
     for note in preset_notes(sys.argv[1:]):
         print(f"prune-run: {note}", flush=True)
+    store_optuna_preset()  # hydra/sweeper=optuna: the Optuna sweeper with prune-runner's defaults (cli_search.py)
     try:
         _app()
     except KeyboardInterrupt:

@@ -105,6 +105,13 @@ class EvalConfig:
 
 
 @dataclass
+class SearchConfig:
+    # what a run returns to a sweeper (hydra/sweeper=optuna maximizes it): prune_runner.search.list_objectives()
+    objective: str = "accuracy"
+    min_speed_up: Optional[float] = None  # accuracy_at_speed_up: the MACs speed-up to reach; None = prune.speed_up
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -113,6 +120,7 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     fast: FastConfig = field(default_factory=FastConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     stages: List[str] = field(default_factory=lambda: list(STAGES))

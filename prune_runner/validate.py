@@ -102,3 +102,8 @@ def _check_dependencies(cfg: RunConfig) -> None:
             raise UserError("logger=tensorboard needs the optional dependency: "
                             "pip install 'prune-runner[tensorboard]'") from None
     validate_formats(list(cfg.export))
+    from .search import OBJECTIVES
+
+    OBJECTIVES.get(cfg.search.objective)  # unknown: one line naming the objectives
+    _check(cfg.search.min_speed_up is None or cfg.search.min_speed_up >= 1,
+           f"search.min_speed_up={cfg.search.min_speed_up} is invalid; it is a MACs speed-up and must be >= 1")
