@@ -112,6 +112,13 @@ class SearchConfig:
 
 
 @dataclass
+class MlflowConfig:
+    # logger=mlflow (tracking_mlflow.py): the experiment; None = $MLFLOW_EXPERIMENT_NAME, else prune-runner.
+    # The store is $MLFLOW_TRACKING_URI, else sqlite:///<out_root>/mlflow.db
+    experiment: Optional[str] = None
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -131,6 +138,7 @@ class RunConfig:
     base_checkpoint: Optional[str] = None  # a checkpoint to use instead of pretraining
     deterministic: bool = False  # bit-identical CPU reruns for one seed
     cache: bool = True  # reuse finished stages of other runs with the same upstream config
-    logger: str = "jsonl"  # jsonl | tensorboard (both write metrics.jsonl)
+    logger: str = "jsonl"  # jsonl | tensorboard | mlflow (all write metrics.jsonl)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     export: List[str] = field(default_factory=list)  # onnx, torchscript
     progress: bool = True  # rich progress bars

@@ -14,7 +14,7 @@ from .errors import UnknownChoiceError, UserError
 
 LR_SCHEDULES = ("constant", "cosine", "step")
 RESUME_MODES = ("auto", "overwrite")
-LOGGERS = ("jsonl", "tensorboard")
+LOGGERS = ("jsonl", "tensorboard", "mlflow")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -101,6 +101,10 @@ def _check_dependencies(cfg: RunConfig) -> None:
         except ImportError:
             raise UserError("logger=tensorboard needs the optional dependency: "
                             "pip install 'prune-runner[tensorboard]'") from None
+    if cfg.logger == "mlflow":
+        from .tracking_mlflow import check_installed
+
+        check_installed()
     validate_formats(list(cfg.export))
     from .search import OBJECTIVES
 
