@@ -268,6 +268,9 @@ def sweep_jobs(argv: List[str]) -> List[List[str]]:
     choices = []
     for word, override in zip(words, parsed):
         key = word.split("=", 1)[0]
+        if override.is_interval_sweep():
+            raise UserError(f"{word} is a search space: a search picks its trials as it runs, so they cannot be "
+                            f"listed; for one trial's config give a value, without -m: {key}={override.value().start}")
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else None
         choices.append([f"{key}={v}" for v in values] if values is not None else [word])
     return [[*job, *rest] for job in itertools.product(*choices)]

@@ -13,9 +13,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import FAST, results_of, run_cli
+from conftest import FAST, readme_commands, results_of, run_cli
 from inprocess import run_inprocess, tiny_config
 
+from prune_runner.cli import preflight
 from prune_runner.errors import UserError
 from prune_runner.validate import validate
 
@@ -62,6 +63,13 @@ def test_the_mlflow_extra_missing_is_one_line_before_the_run(monkeypatch, tmp_pa
     with pytest.raises(UserError, match=r"^logger=mlflow needs the optional dependency: pip install "
                                         r"'prune-runner\[mlflow\]'$"):
         validate(cfg)
+
+
+def test_the_readme_commands_pass_the_checks():
+    commands = readme_commands("MLflow tracking")
+    assert len(commands) == 2 and all("logger=mlflow" in words for words in commands)
+    for words in commands:
+        assert preflight(words) == words
 
 
 @needs_mlflow

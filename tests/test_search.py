@@ -10,7 +10,7 @@ import json
 import sys
 
 import pytest
-from conftest import FAST, results_of, run_cli
+from conftest import FAST, readme_commands, results_of, run_cli
 from inprocess import tiny_config
 
 from prune_runner import report_cli
@@ -63,6 +63,24 @@ def test_the_preset_maximizes_with_a_seeded_sampler_and_the_study_callback():
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 0
     assert cfg.hydra.callbacks.study._target_ == "prune_runner.cli_search.StudyCallback"
     assert cfg.hydra.sweep.dir == cfg.out_root  # trials land where any sweep's runs land
+
+
+@needs_optuna
+def test_the_readme_command_passes_the_checks():
+    (words,) = readme_commands("Hyperparameter search with Optuna")
+    assert words == ["-m", "hydra/sweeper=optuna", "method.reg=tag(log, interval(1e-5, 1e-2))",
+                     "hydra.sweeper.n_trials=20"]
+    assert preflight(words) == words
+    with pytest.raises(UserError, match=r"^unknown option 'method.rgl'"):  # the search space's key is checked
+        preflight(["-m", "hydra/sweeper=optuna", "method.rgl=tag(log, interval(1e-5, 1e-2))"])
+
+
+def test_printing_the_jobs_of_a_search_is_one_line(tmp_path):
+    proc = run_cli(["-m", "method.reg=tag(log, interval(1e-5, 1e-2))", "--cfg", "job"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("prune-run: error: method.reg=tag(log, interval(1e-5, 1e-2)) is a search space: a "
+                                   "search picks its trials as it runs, so they cannot be listed; for one trial's "
+                                   "config give a value, without -m: method.reg=1e-05")
 
 
 @pytest.fixture(scope="module")

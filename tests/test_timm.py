@@ -14,6 +14,7 @@ import torch
 pytest.importorskip("timm")
 
 import timm  # noqa: E402
+from conftest import readme_commands  # noqa: E402
 from inprocess import run_inprocess, tiny_config  # noqa: E402
 
 from prune_runner.checkpoint import load_checkpoint, model_payload, rebuild_model, save_checkpoint  # noqa: E402
@@ -125,6 +126,13 @@ def test_the_command_line_spelling(tmp_path):
     with pytest.raises(UserError, match=r"^unknown timm model 'resnet10x' \(model=timm/resnet10x\); closest: "
                                         r"timm/resnet10t.*timm.list_models\(\) lists them all$"):
         preflight(["model=timm/resnet10x"])
+
+
+def test_the_readme_commands_compose():
+    commands = readme_commands("timm models")
+    assert [c[0] for c in commands] == ["model=timm/resnet18", "model=timm/deit_tiny_patch16_224"]
+    for words in commands:
+        preflight(words)
 
 
 def test_pretrained_weights_without_a_network_are_one_line(monkeypatch, tmp_path):
