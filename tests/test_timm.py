@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 pytest.importorskip("timm")
 
@@ -20,7 +21,7 @@ from inprocess import run_inprocess, tiny_config  # noqa: E402
 from prune_runner.checkpoint import load_checkpoint, model_payload, rebuild_model, save_checkpoint  # noqa: E402
 from prune_runner.cli import preflight  # noqa: E402
 from prune_runner.errors import UserError  # noqa: E402
-from prune_runner.flops import MacCounter  # noqa: E402
+from prune_runner.flops import MacCounter, count_macs  # noqa: E402
 from prune_runner.methods import get_method  # noqa: E402
 from prune_runner.models import build_model, get_model_spec  # noqa: E402
 from prune_runner.models.support import ModelNotSupportedError  # noqa: E402
@@ -80,6 +81,11 @@ def test_vit_attention_heads_keep_their_count_and_shrink_alike(tmp_path):
         out = model(x)
         assert out.shape == (2, 10)
         assert torch.allclose(rebuilt(x), out, atol=1e-5)
+        with FlopCounterMode(display=False) as flops:  # convolutions and Linear layers, not attention's matmuls
+            model(x[:1])
+    tokens = (32 // 16) ** 2 + 1
+    matmuls = len(model.blocks) * 2 * tokens * tokens * attn.num_heads * attn.head_dim  # QK^T and AV
+    assert count_macs(model, x[:1]) == flops.get_total_flops() // 2 + matmuls
 
 
 def test_convnext_layer_scale_follows_its_channels(tmp_path):
