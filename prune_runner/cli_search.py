@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
+from .files import atomic_write_json
 
 TRIALS = ".study_trials"  # per-trial records in the sweep dir, written by the jobs
 INSTALL = "pip install 'prune-runner[search]'"
@@ -59,7 +61,7 @@ OPTUNA_PRESET = {
 
 def optuna_installed() -> bool:
     try:
-        import hydra_plugins.hydra_optuna_sweeper.config  # noqa: F401  registers the plugin's configs first
+        import hydra_plugins.hydra_optuna_sweeper.config  # noqa: F401  an optional dependency: installed?
     except ImportError:
         return False
     return True
@@ -69,8 +71,6 @@ def store_optuna_preset() -> None:
     """Replace the plugin's `hydra/sweeper/optuna` config with the preset. Hydra's plugin scan (once per process,
     in `Plugins.instance()`) runs the plugin's modules, which store the plugin's own entry: it goes first."""
     if optuna_installed():
-        from hydra.core.plugins import Plugins
-
         Plugins.instance()
         ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OPTUNA_PRESET, package="_global_",
                                      provider="prune_runner")
@@ -88,8 +88,6 @@ class StudyCallback(Callback):
         shutil.rmtree(Path(config.hydra.sweep.dir) / TRIALS, ignore_errors=True)  # an earlier search's trials
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        from .checkpoint import atomic_write_json
-
         value = job_return.return_value if job_return.status.name == "COMPLETED" else None
         trial = {"number": int(config.hydra.job.num), "overrides": list(config.hydra.overrides.task),
                  "run_dir": str(config.run_dir or config.hydra.runtime.output_dir),
@@ -97,7 +95,7 @@ class StudyCallback(Callback):
         atomic_write_json(Path(config.hydra.sweep.dir) / TRIALS / f"{trial['number']}.json", trial)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from .search import write_study
+        from .search import write_study  # not at the top: it loads the report package (torch), which --cfg job skips
 
         sweep_dir = Path(config.hydra.sweep.dir)
         trials = [json.loads(p.read_text()) for p in (sweep_dir / TRIALS).glob("*.json")]

@@ -8,9 +8,9 @@ import json
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write_bytes
 from .config import STAGES
 from .errors import UserError
+from .files import atomic_write_bytes
 
 
 class MetricsLog:
@@ -40,7 +40,7 @@ class MetricsLog:
         if self.sink is not None:
             self.sink.log_rows([row])
         if self._tb_dir is not None and self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # an optional dependency: only for logger=tensorboard
 
             self._tb = SummaryWriter(log_dir=str(self._tb_dir))
         if self._tb is not None:

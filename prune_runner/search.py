@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from .checkpoint import atomic_write_json
+from .files import atomic_write_json
 from .registry import Registry
+from .report.plots import plot_study
 
 
 @dataclass(frozen=True)
@@ -116,34 +117,3 @@ def write_study(sweep_dir: Path, trials: List[dict], objective: str, declared: O
     except Exception as err:  # a plot must never fail a search
         warn(f"study.png not written: {err}")
     return summary["best"]
-
-
-def plot_study(trials: List[dict], keys: List[str], objective: str, best: Optional[dict], path: Path) -> Path:
-    """One panel per searched parameter: each finished trial's objective against its value; the best in red."""
-    from .plots import _new_figure, _save
-
-    keys = keys or ["trial"]
-    fig = _new_figure((4.0 * len(keys) + 1.0, 3.6))
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
-    done = [t for t in trials if t.get("value") is not None and math.isfinite(t["value"])]
-    for ax, key in zip(axes, keys):
-        xs = [t["number"] if key == "trial" else t["params"].get(key) for t in done]
-        ys = [t["value"] for t in done]
-        numeric = all(isinstance(x, float) for x in xs)
-        if not numeric:  # categorical values: one position each, in order of appearance
-            labels = list(dict.fromkeys(str(x) for x in xs))
-            xs = [labels.index(str(x)) for x in xs]
-            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-        ax.scatter(xs, ys, color="tab:blue", label="trial")
-        if best is not None and best in done:
-            i = done.index(best)
-            ax.scatter([xs[i]], [ys[i]], color="tab:red", s=80, marker="*", label=f"best (trial {best['number']})")
-        positive = [x for x in xs if x > 0] if numeric else []
-        if numeric and positive and len(positive) == len(xs) and max(positive) / min(positive) >= 10:
-            ax.set_xscale("log")  # e.g. a regularization strength searched on a log scale
-        ax.set_xlabel(key)
-        ax.set_ylabel(objective)
-        ax.grid(True, alpha=0.3)
-    axes[0].legend(loc="best", fontsize="small")
-    fig.suptitle(f"{len(done)} of {len(trials)} trials finished")
-    return _save(fig, path)

@@ -31,8 +31,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from .checkpoint import atomic_write_json
 from .config import STAGES, RunConfig
+from .errors import UserError
+from .files import atomic_write_json
+from .metrics_log import MetricsLog
+from .report import write_report
 
 INSTALL = "pip install 'prune-runner[mlflow]'"
 DEFAULT_EXPERIMENT = "prune-runner"
@@ -43,9 +46,7 @@ BATCH = 500  # metrics per log_batch call (MLflow accepts up to 1000)
 
 
 def check_installed() -> None:
-    from .errors import UserError
-
-    try:
+    try:  # optional dependencies, imported here to see whether they are installed
         import mlflow  # noqa: F401
         import sqlalchemy  # noqa: F401  the local store
     except ImportError:
@@ -108,7 +109,7 @@ class MlflowTracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         if self.uri.startswith(("http://", "https://")):
-            import requests
+            import requests  # mlflow's own dependency, like mlflow imported where used: optional
 
             requests.get(f"{self.uri.rstrip('/')}/health", timeout=10).raise_for_status()  # down: fail fast
         elif self.uri.startswith("sqlite:///"):
@@ -200,8 +201,6 @@ class MlflowTracker:
     def _finish(self, records: dict) -> None:
         from mlflow.entities import Metric
 
-        from .metrics_log import MetricsLog
-
         self._log_rows(MetricsLog(self.run_dir).rows())  # reused / skipped stages, or rows of a killed invocation
         results_path = self.run_dir / "results.json"
         sha = hashlib.sha256(results_path.read_bytes()).hexdigest() if results_path.is_file() else None
@@ -224,8 +223,6 @@ class MlflowTracker:
             self._save_record(results_sha=sha)
 
     def _log_report(self) -> None:
-        from .report import write_report
-
         with tempfile.TemporaryDirectory() as tmp:
             write_report(self.run_dir, tmp)  # this run alone: report.md and tradeoff.png
             self.client.log_artifacts(self.run_id, tmp, artifact_path="report")

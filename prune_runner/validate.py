@@ -10,7 +10,14 @@ from __future__ import annotations
 import math
 
 from .config import STAGES, RunConfig
+from .data import list_datasets
 from .errors import UnknownChoiceError, UserError
+from .export import validate_formats
+from .models import get_model_spec
+from .models.support import check_supported
+from .pruning import METHODS, NORMALIZERS, resolve_method_defaults
+from .search import OBJECTIVES
+from .tracking_mlflow import check_installed as mlflow_installed
 
 LR_SCHEDULES = ("constant", "cosine", "step")
 RESUME_MODES = ("auto", "overwrite")
@@ -28,11 +35,6 @@ def _non_negative(name: str, value: float) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check `cfg`; return it with the method's defaults filled in (what the run records and hashes)."""
-    from .data import list_datasets
-    from .methods import METHODS, NORMALIZERS
-    from .models.support import check_supported
-    from .models.torchvision_models import get_model_spec
-
     spec = get_model_spec(cfg.model.name)  # raises UnknownChoiceError naming the choices, or "not supported"
     if cfg.dataset.name not in list_datasets():
         raise UnknownChoiceError("dataset", cfg.dataset.name, list_datasets())
@@ -84,30 +86,22 @@ def validate(cfg: RunConfig) -> RunConfig:
     dev = cfg.device
     _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
            f"unknown device '{dev}'; choose one of: auto, cpu, cuda, cuda:N")
-    from .method_defaults import resolve_method_defaults
-
     return resolve_method_defaults(cfg)
 
 
 def _check_dependencies(cfg: RunConfig) -> None:
     """Export formats and the logger exist, and their optional packages are installed."""
-    from .export import validate_formats
-
     if cfg.logger not in LOGGERS:
         raise UnknownChoiceError("logger", cfg.logger, LOGGERS)
     if cfg.logger == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401  (the run imports it at the first log call anyway)
+        try:  # an optional dependency, imported here to see whether it is installed
+            import tensorboard  # noqa: F401  (the run imports it at the first log call)
         except ImportError:
             raise UserError("logger=tensorboard needs the optional dependency: "
                             "pip install 'prune-runner[tensorboard]'") from None
     if cfg.logger == "mlflow":
-        from .tracking_mlflow import check_installed
-
-        check_installed()
+        mlflow_installed()
     validate_formats(list(cfg.export))
-    from .search import OBJECTIVES
-
     OBJECTIVES.get(cfg.search.objective)  # unknown: one line naming the objectives
     _check(cfg.search.min_speed_up is None or cfg.search.min_speed_up >= 1,
            f"search.min_speed_up={cfg.search.min_speed_up} is invalid; it is a MACs speed-up and must be >= 1")

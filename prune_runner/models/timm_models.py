@@ -12,21 +12,20 @@ A model with a fixed input size (ViT, DeiT: the position embedding fixes the pat
 `model.input_size`; timm resamples a pretrained position embedding to it.
 
 What torch-pruning must be told about timm's layers (attention heads, layer scale, tokens, the head) lives next
-to the other pruning hints, in `timm_hints.py`.
+to the other pruning hints, in `pruning/timm_hints.py`.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from . import MODELS, ModelSpec
-from .support import METHODS_NEEDING_2D_LINEAR, METHODS_NEEDING_BATCHNORM
+from .registry import MODELS, ModelSpec
 
 PREFIX = "timm/"
 INSTALL = "pip install 'prune-runner[timm]'"
@@ -96,10 +95,12 @@ MODELS.add_family(PREFIX, timm_model_spec)
 
 
 @functools.lru_cache(maxsize=None)
-def _structure(arch: str) -> Tuple[bool, bool]:
-    """(has BatchNorm, applies a Linear to token / pixel tensors) of a timm architecture, from a copy built on
-    the meta device (no memory, no weights; a ViT-Huge takes about a second) and one forward pass there."""
+def layer_structure(name: str) -> Tuple[bool, bool]:
+    """(has BatchNorm, applies a Linear to token / pixel tensors) of the timm model `timm/<arch>`, from a copy
+    built on the meta device (no memory, no weights; a ViT-Huge takes about a second) and one forward pass there.
+    support.py refuses model x method pairs with it."""
     timm = import_timm()
+    arch = name[len(PREFIX):]
     with torch.device("meta"):
         model = timm.create_model(arch, num_classes=10).eval()
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
@@ -114,16 +115,3 @@ def _structure(arch: str) -> Tuple[bool, bool]:
         for hook in hooks:
             hook.remove()
     return has_bn, any(d > 2 for d in dims)
-
-
-def method_unsupported_reason(name: str, method: str) -> Optional[str]:
-    """Why a timm model x method pair cannot run (the reasons of support.py, found from the model's layers)."""
-    if method not in METHODS_NEEDING_BATCHNORM + METHODS_NEEDING_2D_LINEAR:
-        return None
-    has_bn, linear_on_tokens = _structure(name[len(PREFIX):])
-    if method in METHODS_NEEDING_BATCHNORM and not has_bn:
-        return f"'{name}' has no BatchNorm layers, whose scales method {method} scores; use l1, l2 or group_norm"
-    if method in METHODS_NEEDING_2D_LINEAR and linear_on_tokens:
-        return (f"'{name}' applies Linear layers to token tensors, and torch-pruning 1.6.1's {method} Fisher "
-                "handles 2-D Linear inputs only; use taylor, l1, l2 or group_norm")
-    return None

@@ -9,11 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from .errors import UserError
-from .flops import MacCounter, count_macs
+from ..errors import UserError
+from .groups import dependency_groups
+from .hints import pruning_hints, sync_after_pruning
+from .macs import MacCounter
 from .methods import MethodSpec
-from .models.pruning_hints import pruning_hints, sync_after_pruning
-from .models.timm_hints import explain_failures
+from .timm_hints import explain_failures
 
 
 class PruningTargetError(UserError):
@@ -77,8 +78,7 @@ class ObdcCalibration:
     def _layers(self) -> list:
         out_fns = (tp.pruner.function.prune_conv_out_channels, tp.pruner.function.prune_linear_out_channels)
         layers = []
-        for group in self.pruner.DG.get_all_groups(ignored_layers=self.pruner.ignored_layers,
-                                                   root_module_types=self.pruner.root_module_types):
+        for group in dependency_groups(self.pruner):
             for dep, _ in group:
                 layer = dep.target.module
                 if isinstance(layer, tuple(self.imp.target_types)) and dep.handler in out_fns and layer not in layers:
@@ -116,12 +116,20 @@ class ObdcCalibration:
                 imp.Fisher[layer] = imp.Fisher[layer][:, :-1]
         # OBDCImportance reads Fisher[layer] for every conv/linear of a group before it checks the
         # layer's role; the ones without statistics (e.g. depthwise convs) are never scored: a placeholder
-        for group in self.pruner.DG.get_all_groups(ignored_layers=self.pruner.ignored_layers,
-                                                   root_module_types=self.pruner.root_module_types):
+        for group in dependency_groups(self.pruner):
             for dep, _ in group:
                 layer = dep.target.module
                 if isinstance(layer, tuple(imp.target_types)) and layer not in imp.Fisher:
                     imp.Fisher[layer] = torch.zeros(())
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> None:
+    """One eval-mode forward without gradients; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    model.train(was_training)
 
 
 @explain_failures
@@ -147,7 +155,7 @@ def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: M
         if speed_up >= target:
             break
     model.zero_grad(set_to_none=True)
-    count_macs(model, counter.example_inputs)  # one forward: the pruned model runs (else the failure is named here)
+    _forward(model, counter.example_inputs)  # the pruned model runs (else the failure is named here)
     if speed_up < target:
         raise PruningTargetError(
             f"{describe} reached only {speed_up:.3f}x of the {target}x MACs speed-up after {step} pruning steps; "

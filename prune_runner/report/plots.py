@@ -6,6 +6,7 @@ global backend switch), so importing this module is cheap and works without a di
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,13 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import open_temp
+from ..files import atomic_path
+from .reference import load_reference
 
 LOG_X_SPREAD = 1e3  # use a log x-axis when max / smallest positive value exceeds this (3 decades)
 HIST_BINS = 50
 
 
 def _new_figure(size: tuple[float, float] = (7.0, 4.5)):
+    # matplotlib here, not at the top: it takes about a second to import, and every prune-run imports this
+    # module (the prune stage draws sparsity.png) but draws one figure at most
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -29,18 +33,10 @@ def _new_figure(size: tuple[float, float] = (7.0, 4.5)):
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    """Save via a temporary file and rename, so a reader never sees a half-written image."""
+    """Save atomically, so a reader never sees a half-written image."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".") or "png"
-    fd, tmp = open_temp(path)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
     return path
 
 
@@ -55,7 +51,7 @@ MARKERS = "osD^v<>pPX*h"
 def method_styles(methods: list[str]) -> dict[str, dict]:
     """A distinct (colour, marker) per method, the same in every panel: tab20's dark shades first, then its
     light ones (20 colours), each with its own marker."""
-    import matplotlib
+    import matplotlib  # not at the top: see _new_figure
 
     cmap = matplotlib.colormaps["tab20"]
     order = [*range(0, 20, 2), *range(1, 20, 2)]
@@ -109,15 +105,13 @@ def _draw_panel(ax, pair, rows, reference, styles, handles) -> None:
 def plot_tradeoff(rows: list[dict], path: str | os.PathLike, reference: list[dict] | None = None) -> Path:
     """Final accuracy (%) vs MACs speed-up: a panel per dataset/model, a line per method in it.
 
-    `rows` come from report.aggregate. Error bars show the std over seeds. `reference` are published
-    points (report.load_reference() when None; pass [] for none); those of a plotted dataset/model are
+    `rows` come from summary.aggregate. Error bars show the std over seeds. `reference` are published
+    points (load_reference() when None; pass [] for none); those of a plotted dataset/model are
     drawn as hollow markers with labels. The base accuracy of each dataset/model is a dotted line. A
     method keeps its colour and marker in every panel, and the one legend sits right of the panels, so the
     figure stays readable with many models and methods.
     """
     if reference is None:
-        from .report import load_reference
-
         reference = load_reference()
     return _save(tradeoff_figure(rows, reference), path)
 
@@ -182,4 +176,36 @@ def plot_importance(
         )
     ax.set_xlabel("importance (log scale)" if log_x else "importance")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# --- a search: objective against each searched parameter ----------------------------------------------
+
+def plot_study(trials: list[dict], keys: list[str], objective: str, best: dict | None, path: Path) -> Path:
+    """study.png of a search (search.write_study): one panel per searched parameter, each finished trial's
+    objective against its value (a log axis over a decade or more); the best trial a red star."""
+    keys = keys or ["trial"]
+    fig = _new_figure((4.0 * len(keys) + 1.0, 3.6))
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    done = [t for t in trials if t.get("value") is not None and math.isfinite(t["value"])]
+    for ax, key in zip(axes, keys):
+        xs = [t["number"] if key == "trial" else t["params"].get(key) for t in done]
+        ys = [t["value"] for t in done]
+        numeric = all(isinstance(x, float) for x in xs)
+        if not numeric:  # categorical values: one position each, in order of appearance
+            labels = list(dict.fromkeys(str(x) for x in xs))
+            xs = [labels.index(str(x)) for x in xs]
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.scatter(xs, ys, color="tab:blue", label="trial")
+        if best is not None and best in done:
+            i = done.index(best)
+            ax.scatter([xs[i]], [ys[i]], color="tab:red", s=80, marker="*", label=f"best (trial {best['number']})")
+        positive = [x for x in xs if x > 0] if numeric else []
+        if numeric and positive and len(positive) == len(xs) and max(positive) / min(positive) >= 10:
+            ax.set_xscale("log")  # e.g. a regularization strength searched on a log scale
+        ax.set_xlabel(key)
+        ax.set_ylabel(objective)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(loc="best", fontsize="small")
+    fig.suptitle(f"{len(done)} of {len(trials)} trials finished")
     return _save(fig, path)

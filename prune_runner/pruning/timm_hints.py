@@ -1,4 +1,4 @@
-"""What torch-pruning 1.6.1 must be told to prune timm models; `pruning_hints.py` adds these to its own.
+"""What torch-pruning 1.6.1 must be told to prune timm models; `hints.py` adds these to its own.
 
 Found by what the layers hold, not by class name, so every timm family built the same way is covered:
 - attention: a module with a `qkv` Linear (rows ordered [q|k|v][head][head_dim]) and a `num_heads` count
@@ -14,9 +14,13 @@ Nothing here imports timm: a model only holds timm layers if timm built it.
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, List, Tuple
 
 import torch.nn as nn
+
+from ..errors import UserError
+from ..models.support import ModelNotSupportedError
 
 TOKEN_PARAMETERS = ("cls_token", "reg_token", "dist_token", "pos_embed")  # (1, n, D): the width is dim 2
 
@@ -94,11 +98,6 @@ def explain_failures(fn):
     on a timm model, an exception becomes one line naming the model and the layer type that failed. timm's
     families are open-ended, so what torch-pruning cannot take apart is found when it tries; the other families
     are checked before a run (support.py)."""
-    import functools
-
-    from ..errors import UserError
-    from .support import ModelNotSupportedError
-
     @functools.wraps(fn)
     def wrapper(model, *args, **kwargs):
         if not is_timm_model(model):
