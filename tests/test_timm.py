@@ -36,7 +36,7 @@ SIX = {
     "regnet": ("timm/regnetx_002", 16),
 }
 # digits: training images kept, pretraining epochs
-QUICK = {"dataset.train_limit": 256, "schedule.pretrain.epochs": 1, "prune.speed_up": 1.5,
+QUICK = {"dataset.train_limit": 128, "schedule.pretrain.epochs": 1, "prune.speed_up": 1.5,
          "prune.bn_recalibration_batches": 8}
 
 
