@@ -9,7 +9,7 @@ in search.py is higher-is-better), its TPE sampler is seeded (the same command p
 a re-run skips the finished ones), a failed trial (e.g. a speed-up it cannot reach) is told to Optuna as failed
 and the search goes on, and the study callback below is on. It replaces the plugin's `optuna` entry in Hydra's
 ConfigStore under the same name, so `hydra/sweeper=optuna` and every `hydra.sweeper.*` option (n_trials, sampler,
-storage, params, ...) are spelled as in the plugin's documentation. (A YAML file of that name in conf/ would be
+n_jobs, params, ...) are spelled as in the plugin's documentation. (A YAML file of that name in conf/ would be
 refused by Hydra: the plugin's entry of the same name carries a defaults list.)
 
 The sweep dir is out_root, as for any sweep: the trials' runs land where single runs of the same choices land and
@@ -44,7 +44,9 @@ OPTUNA_PRESET = {
         "sweeper": {
             "_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
             "direction": "maximize",  # every objective (search.objective) is higher-is-better
-            "storage": None,  # in memory; an RDB URL (e.g. sqlite:///study.db) keeps the study between commands
+            # in memory: a re-run proposes the same trials again (the sampler is seeded). A database URL needs
+            # Optuna 2.10's RDB storage (the plugin pins Optuna < 3), which works with SQLAlchemy 1.x only
+            "storage": None,
             "study_name": None,
             "n_trials": 20,
             "n_jobs": 1,  # trials proposed and launched at once; more with a parallel launcher (hydra/launcher=slurm)
