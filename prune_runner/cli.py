@@ -19,7 +19,7 @@ import sys
 import traceback
 from importlib import resources
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -27,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from .cli_search import check_sweeper, store_optuna_preset
 from .config import RunConfig
 from .errors import UnknownChoiceError, UserError
 
@@ -91,8 +92,8 @@ def quote_paths(argv: List[str]) -> List[str]:
 def preflight(argv: List[str]) -> List[str]:
     """Validate `key=value` overrides; returns argv with path values quoted for Hydra's grammar.
 
-    A torchvision model name that has no YAML of its own is stored as a `model` group option in Hydra's
-    ConfigStore, so `model=efficientnet_b0` and sweeps such as `model=efficientnet_b0,resnet20` compose
+    A torchvision model name (or timm/<name>) that has no YAML of its own is stored as a `model` group option in
+    Hydra's ConfigStore, so `model=efficientnet_b0` and sweeps such as `model=efficientnet_b0,resnet20` compose
     like any other group choice (the ConfigStore travels with submitit's jobs to the cluster)."""
     out: List[str] = []
     argv = quote_paths(argv)
@@ -104,12 +105,17 @@ def preflight(argv: List[str]) -> List[str]:
     by_word = dict(zip(words, parsed))
     for arg in argv:
         override = by_word.get(arg)
+        if override is not None and override.key_or_group == "hydra/sweeper":
+            check_sweeper(override.get_value_element_as_str())  # an extra that is not installed: one line
         if override is None or override.is_delete() or override.key_or_group.startswith("hydra"):
             out.append(arg)
             continue
         key = override.key_or_group
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
-            override.get_value_element_as_str()]
+        if override.is_interval_sweep():  # interval(a, b): a search space (hydra/sweeper=optuna); its two ends
+            values = [str(override.value().start), str(override.value().end)]
+        else:
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [
+                override.get_value_element_as_str()]
         if key in GROUPS:
             options = group_options(key)
             for value in values:
@@ -118,11 +124,18 @@ def preflight(argv: List[str]) -> List[str]:
                 if key == "model" and _is_torchvision(value):
                     ConfigStore.instance().store(group="model", name=value, node={"name": value})
                     continue
+                if key == "model" and value.startswith("timm/"):
+                    from .models import get_model_spec  # not at the top: see _is_torchvision
+
+                    get_model_spec(value)  # timm installed and the name known, else one line now
+                    group, _, option = f"model/{value}".rpartition("/")  # Hydra reads `timm/x` as a sub-folder
+                    ConfigStore.instance().store(group=group, name=option, node={"name": value}, package="model")
+                    continue
                 if key == "model":
                     from .models import list_models  # not at the top: see _is_torchvision
 
                     raise UserError(f"unknown model '{value}'; choose one of: {', '.join(list_models())}, "
-                                    "or any torchvision classification model name")
+                                    "any torchvision classification model name, or timm/<any timm model name>")
                 raise UnknownChoiceError(key, value, options)
             out.append(arg)
             continue
@@ -200,10 +213,13 @@ def _is_torchvision(name: str) -> bool:
 
 
 @hydra.main(config_path="pkg://prune_runner.conf", config_name="config", version_base="1.3")
-def _app(dcfg: DictConfig) -> None:
+def _app(dcfg: DictConfig) -> Optional[float]:
+    """One run; returns its objective (search.objective), which a search sweeper (hydra/sweeper=optuna) maximizes,
+    or None for a run that failed or has no results."""
     # imported here, not at the top: the pipeline loads torch, torchvision and torch-pruning (seconds); with
     # `--cfg job` Hydra prints the config without calling _app, and stays fast
     from .pipeline import run_pipeline
+    from .search import run_objective
 
     hc = HydraConfig.get()
     multirun = hc.mode is not None and hc.mode.name == "MULTIRUN"
@@ -214,6 +230,7 @@ def _app(dcfg: DictConfig) -> None:
         if not multirun and os.environ.get("RANK", "0") == "0" and (run_dir / "sparse_train" / "done.json").exists():
             print(f"to prune this run's sparse_train output again, at another speed-up:\n"
                   f"  {reprune_command(ARGV, run_dir, cfg.prune.speed_up)}", flush=True)
+        return run_objective(cfg.search.objective, run_dir, cfg.search.min_speed_up)
     except UserError as err:
         print(f"prune-run: error: {err}", file=sys.stderr, flush=True)
         if not multirun:
@@ -245,6 +262,9 @@ def sweep_jobs(argv: List[str]) -> List[List[str]]:
     choices = []
     for word, override in zip(words, parsed):
         key = word.split("=", 1)[0]
+        if override.is_interval_sweep():
+            raise UserError(f"{word} is a search space: a search picks its trials as it runs, so they cannot be "
+                            f"listed; for one trial's config give a value, without -m: {key}={override.value().start}")
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else None
         choices.append([f"{key}={v}" for v in values] if values is not None else [word])
     return [[*job, *rest] for job in itertools.product(*choices)]
@@ -273,6 +293,7 @@ def main() -> None:
         sys.exit(2)
     for note in preset_notes(sys.argv[1:]):
         print(f"prune-run: {note}", flush=True)
+    store_optuna_preset()  # hydra/sweeper=optuna: the Optuna sweeper with prune-runner's defaults (cli_search.py)
     try:
         _app()
     except KeyboardInterrupt:

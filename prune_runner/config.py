@@ -105,6 +105,20 @@ class EvalConfig:
 
 
 @dataclass
+class SearchConfig:
+    # what a run returns to a sweeper (hydra/sweeper=optuna maximizes it): prune_runner.search.list_objectives()
+    objective: str = "accuracy"
+    min_speed_up: Optional[float] = None  # accuracy_at_speed_up: the MACs speed-up to reach; None = prune.speed_up
+
+
+@dataclass
+class MlflowConfig:
+    # logger=mlflow (tracking_mlflow.py): the experiment; None = $MLFLOW_EXPERIMENT_NAME, else prune-runner.
+    # The store is $MLFLOW_TRACKING_URI, else sqlite:///<out_root>/mlflow.db
+    experiment: Optional[str] = None
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -113,6 +127,7 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     fast: FastConfig = field(default_factory=FastConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     stages: List[str] = field(default_factory=lambda: list(STAGES))
@@ -123,6 +138,7 @@ class RunConfig:
     base_checkpoint: Optional[str] = None  # a checkpoint to use instead of pretraining
     deterministic: bool = False  # bit-identical CPU reruns for one seed
     cache: bool = True  # reuse finished stages of other runs with the same upstream config
-    logger: str = "jsonl"  # jsonl | tensorboard (both write metrics.jsonl)
+    logger: str = "jsonl"  # jsonl | tensorboard | mlflow (all write metrics.jsonl)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     export: List[str] = field(default_factory=list)  # onnx, torchscript
     progress: bool = True  # rich progress bars

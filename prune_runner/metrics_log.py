@@ -1,4 +1,5 @@
-"""Per-epoch metrics: JSONL in the run dir (always), TensorBoard when asked; rank 0 only."""
+"""Per-epoch metrics: JSONL in the run dir (always), TensorBoard when asked, and to a `sink` (the MLflow tracker of
+logger=mlflow) as they are logged; rank 0 only."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from .files import atomic_write_bytes
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, enabled: bool = True, logger: str = "jsonl"):
+    def __init__(self, run_dir: Path, enabled: bool = True, logger: str = "jsonl", sink=None):
         self.enabled = enabled
+        self.sink = sink  # has log_rows(rows): gets each row as it is logged (tracking_mlflow.MlflowTracker)
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         self._tb_dir = Path(run_dir) / "tensorboard" if enabled and logger == "tensorboard" else None
@@ -35,6 +37,8 @@ class MetricsLog:
                 raise UserError(f"disk full while writing {self.path}; free some space and re-run the same "
                                 "command to resume from the last epoch checkpoint") from None
             raise
+        if self.sink is not None:
+            self.sink.log_rows([row])
         if self._tb_dir is not None and self._tb is None:
             from torch.utils.tensorboard import SummaryWriter  # an optional dependency: only for logger=tensorboard
 

@@ -42,6 +42,7 @@ from .records import (
 from .report import print_results
 from .stages import MAIN_ONLY, STAGE_FNS, StageRun
 from .state import RunState
+from .tracking_mlflow import MlflowTracker
 from .train import Fast
 from .validate import validate
 
@@ -90,7 +91,8 @@ def _resume_from(cfg: RunConfig) -> tuple[Optional[str], dict]:
     return src.name, records
 
 
-def build_state(cfg: RunConfig, run_dir: Path, console: Console, overrides: str, dist: DistInfo) -> RunState:
+def build_state(cfg: RunConfig, run_dir: Path, console: Console, overrides: str, dist: DistInfo,
+                tracker=None) -> RunState:
     device = resolve_device(cfg.device, dist)
     set_determinism(cfg)
     fast = Fast.for_device(cfg.fast, device)
@@ -100,7 +102,7 @@ def build_state(cfg: RunConfig, run_dir: Path, console: Console, overrides: str,
                       in_memory=d.in_memory, augment=d.augment, workers=d.workers, rank=dist.rank,
                       world_size=dist.world_size, train_limit=d.train_limit)
     state = RunState(cfg=cfg, run_dir=run_dir, device=device, dist=dist, data=data, spec=get_method(cfg.method.name),
-                     log=MetricsLog(run_dir, dist.is_main, cfg.logger), console=console, fast=fast,
+                     log=MetricsLog(run_dir, dist.is_main, cfg.logger, sink=tracker), console=console, fast=fast,
                      input_size=input_size, overrides=overrides)
     return state
 
@@ -178,15 +180,32 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = Non
     dist = init_distributed("cuda" if cfg.device.startswith("cuda") or (
         cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     lock = lock_run_dir(run_dir) if dist.is_main else None  # one writer per run dir, released even on SIGKILL
+    tracker = _tracker(cfg, run_dir, console, overrides) if dist.is_main else None
+    records, status = None, "FAILED"
     try:
-        return _run_locked(cfg, run_dir, console, overrides, dist)
+        records = _run_locked(cfg, run_dir, console, overrides, dist, tracker)
+        status = "FINISHED"
+        return records
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
+        if tracker is not None:
+            tracker.close(records, status)
         if lock is not None:
             lock.release()
 
 
-def _run_locked(cfg: RunConfig, run_dir: Path, console: Console, overrides: str, dist: DistInfo) -> dict:
-    state = build_state(cfg, run_dir, console, overrides, dist)
+def _tracker(cfg: RunConfig, run_dir: Path, console: Console, overrides: str):
+    """logger=mlflow: the run's MLflow run (tracking_mlflow.py), which never fails the run."""
+    if cfg.logger != "mlflow":
+        return None
+    return MlflowTracker(cfg, run_dir, overrides, warn=lambda text: console.print(f"[yellow]{text}[/yellow]"))
+
+
+def _run_locked(cfg: RunConfig, run_dir: Path, console: Console, overrides: str, dist: DistInfo,
+                tracker=None) -> dict:
+    state = build_state(cfg, run_dir, console, overrides, dist, tracker)
     state.base_sha = _base_checkpoint_sha(cfg)
     inputs = StageInputs(dataset=state.data.fingerprint, base_checkpoint=state.base_sha,
                          world_size=dist.world_size, amp=bool(state.fast.amp))

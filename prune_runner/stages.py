@@ -77,7 +77,7 @@ def warn_if_chance(state: RunState, acc: float, what: str) -> None:
     if what == "final" and base is not None and base >= chance_threshold(state.num_classes):
         hint = "the base model had learned, so pruning lost it: lower prune.speed_up or raise schedule.finetune.epochs"
     elif (cfg.dataset.name == "digits" and not cfg.model.pretrained
-          and get_model_spec(cfg.model.name).family == "torchvision"):
+          and get_model_spec(cfg.model.name).family in ("torchvision", "timm")):
         hint = DIGITS_TORCHVISION_HINT
     else:
         hint = (f"check schedule.pretrain (lr {cfg.schedule.pretrain.lr}, {cfg.schedule.pretrain.epochs} epochs) "

@@ -16,10 +16,12 @@ from .export import validate_formats
 from .models import get_model_spec
 from .models.support import check_supported
 from .pruning import METHODS, NORMALIZERS, resolve_method_defaults
+from .search import OBJECTIVES
+from .tracking_mlflow import check_installed as mlflow_installed
 
 LR_SCHEDULES = ("constant", "cosine", "step")
 RESUME_MODES = ("auto", "overwrite")
-LOGGERS = ("jsonl", "tensorboard")
+LOGGERS = ("jsonl", "tensorboard", "mlflow")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -97,4 +99,9 @@ def _check_dependencies(cfg: RunConfig) -> None:
         except ImportError:
             raise UserError("logger=tensorboard needs the optional dependency: "
                             "pip install 'prune-runner[tensorboard]'") from None
+    if cfg.logger == "mlflow":
+        mlflow_installed()
     validate_formats(list(cfg.export))
+    OBJECTIVES.get(cfg.search.objective)  # unknown: one line naming the objectives
+    _check(cfg.search.min_speed_up is None or cfg.search.min_speed_up >= 1,
+           f"search.min_speed_up={cfg.search.min_speed_up} is invalid; it is a MACs speed-up and must be >= 1")

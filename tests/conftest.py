@@ -6,6 +6,8 @@ import contextlib
 import io
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -100,3 +102,14 @@ def error_lines(stderr: str) -> list[str]:
 
 def results_of(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def readme_commands(heading: str) -> list[list[str]]:
+    """The `prune-run` commands of the README's section `## <heading>`, as argument lists (environment
+    assignments before the command dropped)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for line in re.findall(r"^(?:\w+=\S+ )*prune-run (.*?)(?:\s+#.*)?$", section, re.MULTILINE):
+        commands.append(shlex.split(line))
+    return commands

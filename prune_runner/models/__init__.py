@@ -2,7 +2,9 @@
 build a model.
 
 CIFAR models are registered by their modules (imported below for that); any torchvision
-classification model is also accepted by name (e.g. resnet50, mobilenet_v2, vit_b_16).
+classification model is also accepted by name (e.g. resnet50, mobilenet_v2, vit_b_16), and any timm model
+as `timm/<name>` (timm_models.py registers the family; timm, an optional dependency, is imported only when
+such a name is used).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import List
 import torch.nn as nn
 
 from ..errors import UnknownChoiceError
-from . import cifar_densenet, cifar_mobilenetv2, cifar_resnet, cifar_vgg  # noqa: F401  (their registrations)
+from . import cifar_densenet, cifar_mobilenetv2, cifar_resnet, cifar_vgg, timm_models  # noqa: F401  (registrations)
 from .registry import MODELS, ModelSpec, register_model
 from .support import ModelNotSupportedError, model_unsupported_reason
 from .torchvision_models import torchvision_model_names, torchvision_spec
@@ -40,8 +42,8 @@ def list_models(family: str | None = None) -> List[str]:
 
 
 def build_model(name: str, num_classes: int, pretrained: bool = False, input_size: int | None = None) -> nn.Module:
-    """`input_size` (pixels) reaches only torchvision builders: a ViT fixes its patch grid at build time."""
+    """`input_size` (pixels) reaches torchvision and timm builders: a ViT fixes its patch grid at build time."""
     spec = get_model_spec(name)
-    if spec.family == "torchvision":
+    if spec.family in ("torchvision", "timm"):
         return spec.builder(num_classes, pretrained=pretrained, input_size=input_size)
     return spec.builder(num_classes, pretrained=pretrained)

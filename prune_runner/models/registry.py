@@ -1,5 +1,5 @@
-"""The model registry: name -> ModelSpec, filled by `register_model` (the CIFAR modules) and by
-torchvision_models (its explicitly named models)."""
+"""The model registry: name -> ModelSpec, filled by `register_model` (the CIFAR modules), by
+torchvision_models (its explicitly named models) and, for `timm/<name>`, by timm_models (a family)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class ModelSpec:
     name: str
     builder: Callable[..., nn.Module]  # builder(num_classes, pretrained=False) -> model
     input_size: int  # default square input side, pixels (32 for CIFAR nets, 224 for ImageNet nets)
-    family: str  # "cifar" or "torchvision"
+    family: str  # "cifar", "torchvision" or "timm"
 
 
 MODELS: Registry[ModelSpec] = Registry("model")

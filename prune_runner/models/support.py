@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..errors import UserError
+from .timm_models import layer_structure
 
 # models torch-pruning 1.6.1 cannot take apart
 NOT_SUPPORTED = {
@@ -55,10 +56,26 @@ def method_unsupported_reason(model: str, method: str) -> Optional[str]:
     return None
 
 
+def timm_method_unsupported_reason(model: str, method: str) -> Optional[str]:
+    """The same reasons for a timm model (`timm/<name>`), found from its layers (timm_models.layer_structure)."""
+    if method not in METHODS_NEEDING_BATCHNORM + METHODS_NEEDING_2D_LINEAR:
+        return None
+    has_bn, linear_on_tokens = layer_structure(model)
+    if method in METHODS_NEEDING_BATCHNORM and not has_bn:
+        return f"'{model}' has no BatchNorm layers, whose scales method {method} scores; use l1, l2 or group_norm"
+    if method in METHODS_NEEDING_2D_LINEAR and linear_on_tokens:
+        return (f"'{model}' applies Linear layers to token tensors, and torch-pruning 1.6.1's {method} Fisher "
+                "handles 2-D Linear inputs only; use taylor, l1, l2 or group_norm")
+    return None
+
+
 def check_supported(model: str, method: str, family: str) -> None:
-    """Raise the one-line "not supported" error for a torchvision model x method this project cannot run."""
-    if family != "torchvision":
+    """Raise the one-line "not supported" error for a torchvision or timm model x method this project cannot run."""
+    if family == "timm":
+        reason = timm_method_unsupported_reason(model, method)
+    elif family != "torchvision":
         return  # the CIFAR models are smoke-tested with every method
-    reason = method_unsupported_reason(model, method)
+    else:
+        reason = method_unsupported_reason(model, method)
     if reason is not None:
         raise ModelNotSupportedError(f"model {model} with method {method} is not supported: {reason}")

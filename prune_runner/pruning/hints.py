@@ -6,7 +6,7 @@ dict arguments in place (e.g. `out_channel_groups.update(num_heads)` on its shar
 sharing them between pruners would leak state from one pruner into the next.
 
 After pruning, call `sync_after_pruning(model)`: some torchvision models cache a width that the
-forward pass reads (VisionTransformer.hidden_dim).
+forward pass reads (VisionTransformer.hidden_dim). The hints for timm models are in timm_hints.py.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Tuple
 import torch.nn as nn
 from torchvision.models.convnext import CNBlock
 from torchvision.models.vision_transformer import VisionTransformer
+
+from . import timm_hints
 
 
 def _classifier_layers(model: nn.Module, num_classes: int) -> List[nn.Module]:
@@ -49,14 +51,19 @@ def pruning_hints(model: nn.Module, num_classes: int) -> Dict[str, Any]:
     unwrapped_parameters (None when there are none) and round_to (None)."""
     heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     unwrapped = _unwrapped_parameters(model)
+    ignored = _classifier_layers(model, num_classes)
+    if timm_hints.is_timm_model(model):
+        unwrapped += timm_hints.unwrapped_parameters(model)
+        ignored += [m for m in timm_hints.classifier_layers(model) if m not in ignored]
     return {
-        "ignored_layers": _classifier_layers(model, num_classes),
+        "ignored_layers": ignored,
         # torch-pruning 1.6 skips the whole hidden-width group of a torchvision ViT when its
         # nn.MultiheadAttention layers are given as `num_heads` (it looks for the attention layer
         # as the SOURCE of a dependency and finds it only as a target), so only the MLPs shrink.
         # As `out_channel_groups` the same head count makes it remove the same offsets in every
         # head: embed_dim stays divisible by num_heads and the q/k/v rows stay aligned per head.
-        "num_heads": {},
+        # timm's attention computes q, k, v with one Linear: its head count as `num_heads` (timm_hints.py)
+        "num_heads": timm_hints.num_heads(model) if timm_hints.is_timm_model(model) else {},
         "out_channel_groups": heads,
         # BasePruner records detected group convs here; a fresh dict replaces its shared default
         "in_channel_groups": {},
@@ -70,3 +77,5 @@ def sync_after_pruning(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, VisionTransformer):
             m.hidden_dim = m.conv_proj.out_channels  # used to reshape patch embeddings
+    if timm_hints.is_timm_model(model):
+        timm_hints.sync_after_pruning(model)

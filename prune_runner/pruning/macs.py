@@ -1,7 +1,8 @@
 """MAC and parameter counting that is cheap enough to call after every small pruning step.
 
 MACs here are the multiply-accumulates of convolutions, Linear layers and multi-head attention
-(its q/k/v and output projections plus the two attention matmuls QK^T and AV), for ONE sample
+(its q/k/v and output projections plus the two attention matmuls QK^T and AV; for timm's attention
+modules, whose projections are Linear layers of their own, the two matmuls), for ONE sample
 (the batch dimension of the example inputs is divided out). Bias additions, BatchNorm,
 activations and pooling are not counted. One MAC = 2 FLOPs in `torch.utils.flop_counter`.
 
@@ -19,6 +20,24 @@ import torch
 import torch.nn as nn
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def is_qkv_attention(module: nn.Module) -> bool:
+    """timm's self-attention (ViT, DeiT, ...): one `qkv` Linear with rows [q|k|v][head][head_dim], on (B, N, C)."""
+    return isinstance(getattr(module, "qkv", None), nn.Linear) and isinstance(getattr(module, "num_heads", None), int)
+
+
+def _tokens(x: torch.Tensor) -> int:
+    """Tokens per sequence of a (B, N, C) input, or of a (B, H, W, C) one (H * W)."""
+    n = 1
+    for side in x.shape[1:-1]:
+        n *= int(side)
+    return n
+
+
+def _qkv_attention_macs(module: nn.Module, tokens: int) -> int:
+    """QK^T and AV of one sequence of `tokens`, from the current qkv width (3 * heads * head_dim)."""
+    return 2 * tokens * tokens * (module.qkv.out_features // 3)
 
 
 def _run_forward(model: nn.Module, example_inputs: Any) -> None:
@@ -75,7 +94,7 @@ def _with_hooks(model: nn.Module, example_inputs: Any, hook_for: Callable[[str, 
     training = {m: m.training for m in model.modules()}
     handles = []
     for name, module in model.named_modules():
-        if isinstance(module, CONV_TYPES + (nn.Linear, nn.MultiheadAttention)):
+        if isinstance(module, CONV_TYPES + (nn.Linear, nn.MultiheadAttention)) or is_qkv_attention(module):
             handles.append(module.register_forward_hook(hook_for(name, module), with_kwargs=True))
     try:
         model.eval()  # no BatchNorm running-stat updates on the live model
@@ -101,11 +120,14 @@ class MacCounter:
 
     def __init__(self, model: nn.Module, example_inputs: Any):
         self.batch = _batch_size(example_inputs)
+        self.example_inputs = example_inputs  # for a check that the pruned model still runs
         # name -> output positions over the whole example batch, summed over calls
         # (conv: output pixels; Linear: tokens, i.e. output elements / out_features)
         self.positions: Dict[str, int] = {}
         # name -> [(query length L, key length S, number of sequences)] per attention call
         self.attention_calls: Dict[str, List[Tuple[int, int, int]]] = {}
+        # name -> [(tokens N, number of sequences)] per call of a timm attention module
+        self.qkv_attention_calls: Dict[str, List[Tuple[int, int]]] = {}
 
         def hook_for(name: str, module: nn.Module):
             def record(mod, args, kwargs, output):
@@ -113,6 +135,9 @@ class MacCounter:
                     query = args[0] if args else kwargs["query"]
                     calls = self.attention_calls.setdefault(name, [])
                     calls.append((*_attention_lengths(mod, args, kwargs), _attention_batch(mod, query)))
+                elif is_qkv_attention(mod):
+                    x = args[0] if args else kwargs["x"]
+                    self.qkv_attention_calls.setdefault(name, []).append((_tokens(x), int(x.shape[0])))
                 else:
                     per_position = mod.weight.shape[0]  # out channels / out features
                     self.positions[name] = self.positions.get(name, 0) + output.numel() // per_position
@@ -122,7 +147,7 @@ class MacCounter:
 
     def count(self, model: nn.Module) -> Tuple[int, int]:
         modules = dict(model.named_modules())
-        missing = (set(self.positions) | set(self.attention_calls)) - set(modules)
+        missing = (set(self.positions) | set(self.attention_calls) | set(self.qkv_attention_calls)) - set(modules)
         if missing:
             raise ValueError(f"model lacks modules seen when the counter was built: {sorted(missing)[:5]}")
         macs = 0
@@ -130,5 +155,6 @@ class MacCounter:
             macs += positions * modules[name].weight.numel()  # weight.numel() already / groups
         for name, calls in self.attention_calls.items():
             macs += sum(n * _mha_macs(modules[name], q_len, k_len) for q_len, k_len, n in calls)
+        for name, qkv_calls in self.qkv_attention_calls.items():
+            macs += sum(n * _qkv_attention_macs(modules[name], tokens) for tokens, n in qkv_calls)
         return int(macs // self.batch), count_params(model)
-

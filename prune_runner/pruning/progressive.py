@@ -14,12 +14,14 @@ from .groups import dependency_groups
 from .hints import pruning_hints, sync_after_pruning
 from .macs import MacCounter
 from .methods import MethodSpec
+from .timm_hints import explain_failures
 
 
 class PruningTargetError(UserError):
     """The method could not reach the requested speed-up within the step budget."""
 
 
+@explain_failures  # a timm model torch-pruning cannot take apart: one line naming the layer
 def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: MethodSpec, num_classes: int, *,
                  steps: int = 100, max_pruning_ratio: float = 0.9, global_pruning: bool = False,
                  round_to: Optional[int] = None, normalizer: Optional[str] = None) -> tp.pruner.BasePruner:
@@ -121,6 +123,16 @@ class ObdcCalibration:
                     imp.Fisher[layer] = torch.zeros(())
 
 
+def _forward(model: nn.Module, x: torch.Tensor) -> None:
+    """One eval-mode forward without gradients; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    model.train(was_training)
+
+
+@explain_failures
 def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: MacCounter, target: float, *,
                       calibrate: Optional[Callable[[], None]] = None, describe: str = "model",
                       on_step: Optional[Callable[[int, int, float], None]] = None) -> dict:
@@ -143,6 +155,7 @@ def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: M
         if speed_up >= target:
             break
     model.zero_grad(set_to_none=True)
+    _forward(model, counter.example_inputs)  # the pruned model runs (else the failure is named here)
     if speed_up < target:
         raise PruningTargetError(
             f"{describe} reached only {speed_up:.3f}x of the {target}x MACs speed-up after {step} pruning steps; "

@@ -6,6 +6,7 @@ global backend switch), so importing this module is cheap and works without a di
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -175,4 +176,36 @@ def plot_importance(
         )
     ax.set_xlabel("importance (log scale)" if log_x else "importance")
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# --- a search: objective against each searched parameter ----------------------------------------------
+
+def plot_study(trials: list[dict], keys: list[str], objective: str, best: dict | None, path: Path) -> Path:
+    """study.png of a search (search.write_study): one panel per searched parameter, each finished trial's
+    objective against its value (a log axis over a decade or more); the best trial a red star."""
+    keys = keys or ["trial"]
+    fig = _new_figure((4.0 * len(keys) + 1.0, 3.6))
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    done = [t for t in trials if t.get("value") is not None and math.isfinite(t["value"])]
+    for ax, key in zip(axes, keys):
+        xs = [t["number"] if key == "trial" else t["params"].get(key) for t in done]
+        ys = [t["value"] for t in done]
+        numeric = all(isinstance(x, float) for x in xs)
+        if not numeric:  # categorical values: one position each, in order of appearance
+            labels = list(dict.fromkeys(str(x) for x in xs))
+            xs = [labels.index(str(x)) for x in xs]
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.scatter(xs, ys, color="tab:blue", label="trial")
+        if best is not None and best in done:
+            i = done.index(best)
+            ax.scatter([xs[i]], [ys[i]], color="tab:red", s=80, marker="*", label=f"best (trial {best['number']})")
+        positive = [x for x in xs if x > 0] if numeric else []
+        if numeric and positive and len(positive) == len(xs) and max(positive) / min(positive) >= 10:
+            ax.set_xscale("log")  # e.g. a regularization strength searched on a log scale
+        ax.set_xlabel(key)
+        ax.set_ylabel(objective)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(loc="best", fontsize="small")
+    fig.suptitle(f"{len(done)} of {len(trials)} trials finished")
     return _save(fig, path)

@@ -88,7 +88,8 @@ def build_results(state, final: dict, latency: dict | None) -> dict:
         "provenance": {"torch": torch.__version__, "torch_pruning": importlib.metadata.version("torch-pruning"),
                        "prune_runner": __version__, "python": platform.python_version(),
                        "device": str(state.device), "cpu": cpu_name(), "world_size": state.dist.world_size,
-                       "gpu": torch.cuda.get_device_name(state.device) if state.device.type == "cuda" else None},
+                       "gpu": torch.cuda.get_device_name(state.device) if state.device.type == "cuda" else None,
+                       **({"timm": importlib.metadata.version("timm")} if cfg.model.name.startswith("timm/") else {})},
     }
 
 

@@ -1,0 +1,171 @@
+"""timm models by name (`model=timm/<name>`, the `timm` extra): the pruning hints for timm's layers, the one-line
+refusals and failures, and runs through the whole pipeline on digits. Random init throughout: nothing is
+downloaded. `make test` runs one model through the pipeline; `make test-slow` runs six, of six timm families."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+pytest.importorskip("timm")
+
+import timm  # noqa: E402
+from conftest import readme_commands  # noqa: E402
+from inprocess import run_inprocess, tiny_config  # noqa: E402
+
+from prune_runner.checkpoint import load_checkpoint, model_payload, rebuild_model, save_checkpoint  # noqa: E402
+from prune_runner.cli import preflight  # noqa: E402
+from prune_runner.errors import UserError  # noqa: E402
+from prune_runner.models import build_model, get_model_spec  # noqa: E402
+from prune_runner.models.support import ModelNotSupportedError  # noqa: E402
+from prune_runner.pruning import MacCounter, build_pruner, get_method, progressive_prune  # noqa: E402
+from prune_runner.validate import validate  # noqa: E402
+
+# timm module (family) -> a small model of it, and the input side it runs at on digits (8x8 images, upscaled)
+SIX = {
+    "resnet": ("timm/resnet10t", 16),
+    "mobilenetv3": ("timm/mobilenetv3_small_050", 16),
+    "efficientnet": ("timm/efficientnet_b0", 16),
+    "convnext": ("timm/convnext_atto", 32),  # stride 32: 32 px leave it one pixel
+    "deit": ("timm/deit_tiny_patch16_224", 32),  # 2x2 patches of 16 px plus the class token
+    "regnet": ("timm/regnetx_002", 16),
+}
+# digits: training images kept, pretraining epochs
+QUICK = {"dataset.train_limit": 128, "schedule.pretrain.epochs": 1, "prune.speed_up": 1.5,
+         "prune.bn_recalibration_batches": 8}
+
+
+def test_the_six_models_are_of_six_timm_families():
+    for family, (name, _) in SIX.items():
+        assert name.removeprefix("timm/") in timm.list_models(module=family), (family, name)
+
+
+def test_input_size_comes_from_timms_pretrained_config():
+    assert get_model_spec("timm/resnet10t").input_size == timm.get_pretrained_cfg("resnet10t").input_size[-1]
+    assert get_model_spec("timm/deit_tiny_patch16_224").input_size == 224
+    assert get_model_spec("timm/resnet10t").family == "timm"
+
+
+def prune_and_reload(name: str, side: int, method: str, tmp_path, target: float = 1.5):
+    """Prune a random-init model to `target`, save it and rebuild it from the checkpoint: (model, rebuilt, x)."""
+    torch.manual_seed(0)
+    model = build_model(name, 10, input_size=side)
+    x = torch.randn(2, 3, side, side)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. "Unwrapped parameters detected": the hints name them all
+        pruner = build_pruner(model, x[:1], get_method(method), 10, steps=8)
+    model.eval()
+    result = progressive_prune(model, pruner, MacCounter(model, x[:1]), target)
+    assert result["speed_up"] >= target
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, model_payload(model, name, 10, side, pruner.pruning_history()))
+    rebuilt, _ = rebuild_model(load_checkpoint(path), path)
+    return model, rebuilt.eval(), x
+
+
+def test_vit_attention_heads_keep_their_count_and_shrink_alike(tmp_path):
+    model, rebuilt, x = prune_and_reload("timm/deit_tiny_patch16_224", 32, "l2", tmp_path)
+    attn = model.blocks[0].attn
+    assert attn.num_heads == 3  # deit_tiny: 3 heads of 64
+    assert attn.head_dim < 64 and attn.qkv.out_features == 3 * attn.num_heads * attn.head_dim
+    assert attn.proj.in_features == attn.num_heads * attn.head_dim
+    assert model.pos_embed.shape[-1] == model.cls_token.shape[-1] == model.patch_embed.proj.out_channels
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (2, 10)
+        assert torch.allclose(rebuilt(x), out, atol=1e-5)
+        with FlopCounterMode(display=False) as flops:  # convolutions and Linear layers, not attention's matmuls
+            model(x[:1])
+    tokens = (32 // 16) ** 2 + 1
+    matmuls = len(model.blocks) * 2 * tokens * tokens * attn.num_heads * attn.head_dim  # QK^T and AV
+    macs = MacCounter(model, x[:1]).count(model)[0]  # the counter the runner builds once, on the pruned model
+    assert macs == flops.get_total_flops() // 2 + matmuls
+
+
+def test_convnext_layer_scale_follows_its_channels(tmp_path):
+    model, rebuilt, x = prune_and_reload("timm/convnext_atto", 32, "group_norm", tmp_path)
+    block = model.stages[0].blocks[0]
+    assert block.gamma.shape[0] == block.conv_dw.out_channels < 40  # convnext_atto's first stage: 40 channels
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), model(x), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Unwrapped parameters detected")  # poolformer's Scale: the library guesses
+@pytest.mark.parametrize("name,where", [
+    ("timm/mixer_s16_224", r"blocks\.\d+\.mlp_tokens\.fc\d \(Linear\)"),  # torch-pruning's importance fails
+    ("timm/poolformer_s12", r"stages\.0\.blocks\.0\.layer_scale1 \(Scale\)"),  # the pruned model cannot run
+])
+def test_a_model_torch_pruning_cannot_take_apart_is_one_line(name, where):
+    model = build_model(name, 10, input_size=32)
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ModelNotSupportedError) as err:
+        pruner = build_pruner(model, x, get_method("l2"), 10, steps=8)
+        progressive_prune(model, pruner, MacCounter(model, x), 1.5, describe=f"model {name} with method l2")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"model {name} with method l2 cannot be pruned: torch-pruning 1.6.1 fails at layer ")
+    assert re.search(where, message), message
+
+
+@pytest.mark.parametrize("model,method,reason", [
+    ("timm/convnext_atto", "slim", "no BatchNorm layers"),
+    ("timm/deit_tiny_patch16_224", "obdc", "2-D Linear inputs only"),
+])
+def test_an_unsupported_pair_is_refused_before_the_run(tmp_path, model, method, reason):
+    expected = f"model {model} with method {method} is not supported: .*{reason}"
+    with pytest.raises(ModelNotSupportedError, match=expected):
+        validate(tiny_config(tmp_path, model, method))
+    validate(tiny_config(tmp_path, "timm/regnetx_002", method))  # has BatchNorm, and Linear on pooled features only
+
+
+def test_the_command_line_spelling(tmp_path):
+    from inprocess import compose
+
+    assert preflight(["model=timm/resnet10t,timm/regnetx_002", "-m"]) == ["model=timm/resnet10t,timm/regnetx_002", "-m"]
+    assert compose({"model": "timm/resnet10t"}).model.name == "timm/resnet10t"  # a `model` group option now
+    with pytest.raises(UserError, match=r"^unknown timm model 'resnet10x' \(model=timm/resnet10x\); closest: "
+                                        r"timm/resnet10t.*timm.list_models\(\) lists them all$"):
+        preflight(["model=timm/resnet10x"])
+
+
+def test_the_readme_commands_compose():
+    commands = readme_commands("timm models")
+    assert [c[0] for c in commands] == ["model=timm/resnet18", "model=timm/deit_tiny_patch16_224"]
+    for words in commands:
+        preflight(words)
+
+
+def test_pretrained_weights_without_a_network_are_one_line(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # what a machine without network sees
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    with pytest.raises(UserError, match=r"^could not load pretrained weights for timm model 'resnet10t' .*set "
+                                        r"model.pretrained=false or give a base_checkpoint$"):
+        build_model("timm/resnet10t", 10, pretrained=True)
+
+
+def run_timm(tmp_path, name: str, side: int, **overrides):
+    run_dir = tmp_path / "run"
+    records, text = run_inprocess(run_dir, **{"model.name": name, "model.input_size": side, **QUICK, **overrides})
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["choices"]["model"] == name and results["speed_up"] >= 1.5, results
+    assert results["provenance"]["timm"] == timm.__version__
+    assert 0 <= results["final"]["acc"] <= 1
+    assert records["finetune"]["metrics"]["macs"] < records["pretrain"]["metrics"]["macs"]
+    return results, text
+
+
+def test_a_timm_model_through_the_pipeline(tmp_path):
+    run_timm(tmp_path, *SIX["mobilenetv3"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(SIX))
+def test_six_timm_models_through_the_pipeline(tmp_path, family):
+    run_timm(tmp_path, *SIX[family])
