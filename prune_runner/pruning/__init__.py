@@ -8,8 +8,12 @@ regularizers.py      the sparse-training regularizers (regularizer_plans.py: the
 macs.py              MAC and parameter counting after every pruning step
 hints.py             what the pruner must be told about a model (classifier, attention heads, ...)
 history.py           rebuilding a pruned model from its pruning history
+library.py           imports torch-pruning (without its optional timm import)
 """
 
+from .library import tp  # noqa: F401  first: torch-pruning without timm's start-up cost (library.py)
+
+# isort: split
 from .groups import channel_group_norms, dependency_groups
 from .hints import pruning_hints, sync_after_pruning
 from .history import replay_pruning_history
