@@ -20,6 +20,7 @@ from .checkpoint import atomic_write_json, read_json
 from .config import STAGES, RunConfig
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from .errors import CheckpointError, RecordError, UserError
+from .latency_dtype import latency_inputs
 from .locks import lock_run_dir
 from .methods import get_method
 from .metrics_log import MetricsLog
@@ -192,7 +193,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, console: Console, overrides: str,
     state = build_state(cfg, run_dir, console, overrides, dist)
     state.base_sha = _base_checkpoint_sha(cfg)
     inputs = StageInputs(dataset=state.data.fingerprint, base_checkpoint=state.base_sha,
-                         world_size=dist.world_size, amp=bool(state.precision.amp))
+                         world_size=dist.world_size, amp=bool(state.precision.amp), **latency_inputs(state))
     has_reg = state.spec.regularizer is not None
     cache = StageCache(Path(cfg.out_root) / ".stage_cache", warn=state.warn)
     start_stage, upstream = _resume_from(cfg)
