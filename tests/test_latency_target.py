@@ -164,3 +164,44 @@ def test_the_prune_stage_hash_holds_the_device_only_where_it_matters():
     assert "eval.latency_dtype" not in own_config(cfg, "eval", True, inputs)  # the default: as before it existed
     cfg.eval.latency_dtype = "bf16"
     assert own_config(cfg, "eval", True, inputs)["eval.latency_dtype"] == "bf16"
+
+
+def _results(kind: str, speed_up: float, latency: dict) -> dict:
+    target = {"kind": kind, "speed_up": speed_up}
+    if kind == "latency":
+        target.update(batch=1, device="cpu", dtype="fp32", speed_up_iqr=[1.5, 1.6], measurements=4, measure_s=2.0,
+                      reached=1.55)
+    return {"run_dir": f"r_{kind}", "choices": {"dataset": "digits", "model": "resnet20", "method": "l1"}, "seed": 0,
+            "overrides": f"prune.target={kind}", "acc_delta": -0.01, "speed_up": 2.4, "target_speed_up": speed_up,
+            "target": target, "params_ratio": 0.5, "latency": latency,
+            **{k: {"acc": 0.9, "macs": 1e6, "params": 1e5} for k in ("base", "pruned", "final")}}
+
+
+def test_results_and_report_show_macs_and_latency_speed_ups_side_by_side(tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from prune_runner.plots import tradeoff_figure
+    from prune_runner.report import aggregate, format_row
+    from prune_runner.results import _latency_summary, print_results
+
+    compare = {bs: {"base_ms": 2.0, "final_ms": 1.0, "ratio": r, "ratio_q1": r - 0.05, "ratio_q3": r + 0.05,
+                    "spread": 0.07, "noisy": False} for bs, r in ((1, 1.52), (64, 1.9))}
+    lat = _latency_summary({"device": "cpu", "device_name": "CPU X, 1 thread(s)", "dtype": "fp32",
+                            "batch_sizes": [1, 64], "max_spread": 0.2, "compare": compare})
+    assert lat["dtype"] == "fp32" and lat["device_name"] == "CPU X, 1 thread(s)"
+    runs = [_results("latency", 1.5, lat), _results("macs", 2.0, lat)]
+    out = StringIO()
+    print_results(Console(file=out, width=300), runs[0])
+    text = out.getvalue()
+    assert "MACs speed-up 2.40x, params" in text and "(cpu, fp32, median, IQR) batch 1: 1.52x" in text
+    assert "latency target 1.5x at batch 1 (cpu, fp32): 1.55x [1.50-1.60] when pruning stopped" in text
+    rows = aggregate(runs)
+    cells = {row["overrides"]: format_row(row) for row in rows}
+    assert "1.5x latency (bs 1)" in cells["prune.target=latency"]
+    assert "1.52x (bs 1, cpu, fp32)" in cells["prune.target=latency"]  # the target's batch, not the largest
+    assert "2x" in cells["prune.target=macs"] and "1.90x (bs 64, cpu, fp32)" in cells["prune.target=macs"]
+    fig = tradeoff_figure(rows, [])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["digits/resnet20", "digits/resnet20: latency (bs 1, cpu, fp32; bs 64, cpu, fp32)"]
