@@ -32,19 +32,24 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from .errors import UserError
-from .latency import MIN_SAMPLE_MS, compare_latency
+from .latency import MAX_SPREAD, compare_latency
 from .latency_dtype import LATENCY_DTYPES, as_deployed, device_name
 from .models.pruning_hints import sync_after_pruning
 
 if TYPE_CHECKING:
     from .flops import MacCounter
 
-REPEATS = 8  # interleaved base/pruned pairs per measurement (twice that for one flagged noisy, once)
-WARMUP = 2  # forwards of each model before a measurement (compare_latency's warm-up)
-MAX_JUMP = 1.5  # a prediction moves the next measurement at most this factor further in MACs speed-up
+SAMPLE_S = 0.02  # a timed sample lasts at least this long (several scheduler slices on a shared machine)
+MAX_INNER = 100  # forwards per sample at most
+MEASURE_S = 0.6  # pairs of samples per measurement: as many as fit this, within [MIN_REPEATS, MAX_REPEATS]
+MIN_REPEATS, MAX_REPEATS = 6, 20  # (twice as many for a noisy measurement that leaves the decision open)
+WARMUP = 2  # samples of each model before a measurement (compare_latency's warm-up); 1 for samples longer
+LONG_SAMPLE_S = 0.25  # than this
+MAX_JUMP = 2.0  # a prediction moves the next measurement at most this factor further in MACs speed-up
 MIN_JUMP = 1.02  # ... and at least this factor: two measurements of nearly one model teach nothing new
 FLAT_JUMP = 1.1  # the next measurement's distance when latency did not fall with MACs over the fitted points
 FIT_POINTS = 3  # measured models (the unpruned one included) the prediction's line is fitted to
+AIM = 1.03  # predictions aim this much above the target: a measurement just below it costs one more
 CHEAP = 1.0  # measure after every step where one measurement costs at most this many pruning steps
 BOUND = 2.0  # a model whose MACs fell BOUND x the target while latency missed it is bound by unpruned parts
 
@@ -58,6 +63,7 @@ class Measurement:
     q3: float
     seconds: float  # what the measurement cost
     confirmation: bool = False  # the fresh measurement that checks one at or above the target
+    noisy: bool = False  # its IQR stayed wider than MAX_SPREAD of the median, even measured twice as long
 
 
 @dataclass
@@ -106,7 +112,7 @@ class StoppingRule:
         slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
         if slope <= 0:  # latency did not fall with MACs over these points (noise, a slower width): a step on
             return macs_now * FLAT_JUMP
-        needed = math.exp(mx + (math.log(self.target) - my) / slope)
+        needed = math.exp(mx + (math.log(AIM * self.target) - my) / slope)
         return min(max(needed, macs_now * MIN_JUMP), macs_now * MAX_JUMP)
 
 
@@ -141,44 +147,68 @@ def run_to_target(rule: StoppingRule, budget: int, prune_step: Callable[[int], f
     return Outcome(False, budget, macs, best, measurements, rule.every_step)
 
 
+class _Repeated(nn.Module):
+    """`inner` forwards of a model per call: a sample of compare_latency lasts >= SAMPLE_S, long enough to
+    average over the scheduler's time slices on a shared machine (a 2 ms sample is preempted or not)."""
+
+    def __init__(self, model: nn.Module, inner: int):
+        super().__init__()
+        self.model, self.inner = model, inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.inner - 1):
+            self.model(x)
+        return self.model(x)
+
+
 class LatencyMeter:
-    """`compare_latency` of a frozen copy of the unpruned model against the current one."""
+    """`compare_latency` of a frozen copy of the unpruned model against the current one, with samples of
+    >= SAMPLE_S and as many pairs (MIN_REPEATS to MAX_REPEATS) as fit MEASURE_S."""
 
     def __init__(self, model: nn.Module, input_shape: Tuple[int, ...], device: torch.device, dtype: str,
-                 batch: int, repeats: int = REPEATS):
+                 batch: int, target: float):
         self.base = copy.deepcopy(model).to(LATENCY_DTYPES[dtype]).eval()
-        self.input_shape, self.device, self.dtype, self.batch, self.repeats = input_shape, device, dtype, batch, repeats
+        self.target = target
+        self.input_shape, self.device, self.dtype, self.batch = input_shape, torch.device(device), dtype, batch
+        forward_s = self.forward_seconds()
+        self.inner = max(1, min(MAX_INNER, math.ceil(SAMPLE_S / forward_s)))
+        sample_s = self.inner * forward_s
+        self.repeats = max(MIN_REPEATS, min(MAX_REPEATS, math.ceil(MEASURE_S / (2 * sample_s))))
+        self.warmup = 1 if sample_s > LONG_SAMPLE_S else WARMUP  # a long sample warms itself up
 
     def forward_seconds(self) -> float:
-        """One forward of the base model (warm): what the cost of a measurement scales with."""
+        """One forward of the base model, warm (the fastest of three)."""
         x = torch.randn(self.batch, *self.input_shape, device=self.device, dtype=LATENCY_DTYPES[self.dtype])
+        times = []
         with torch.inference_mode():
-            self.base(x)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            started = time.perf_counter()
-            self.base(x)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-        return time.perf_counter() - started
+            for _ in range(3):
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                started = time.perf_counter()
+                self.base(x)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                times.append(time.perf_counter() - started)
+        return max(min(times), 1e-6)
 
     def measurement_seconds(self) -> float:
-        """About what one measurement costs: both models, warm-up and repeats, each sample >= MIN_SAMPLE_MS."""
-        sample = max(self.forward_seconds(), MIN_SAMPLE_MS / 1e3)
-        return 2 * (WARMUP + self.repeats) * sample
+        """About what one measurement of the unpruned model costs: both models, warm-up and pairs."""
+        return 2 * (self.warmup + self.repeats) * self.inner * self.forward_seconds()
 
     def __call__(self, model: nn.Module, step: int, macs_speed_up: float, confirmation: bool) -> Measurement:
         started = time.perf_counter()
         deployed = as_deployed(model, self.dtype)
         row = self._compare(deployed, self.repeats)
-        if row["noisy"]:  # an IQR wider than MAX_SPREAD of the median (a busy machine): once more, twice as long
+        if row["noisy"] and row["ratio_q1"] < self.target <= row["ratio_q3"]:
+            # an IQR wider than MAX_SPREAD of the median (a busy machine) that leaves the decision open:
+            # once more, twice as long
             row = self._compare(deployed, 2 * self.repeats)
         return Measurement(step, macs_speed_up, row["ratio"], row["ratio_q1"], row["ratio_q3"],
-                           time.perf_counter() - started, confirmation)
+                           time.perf_counter() - started, confirmation, bool(row["noisy"]))
 
     def _compare(self, model: nn.Module, repeats: int) -> dict:
-        return compare_latency(self.base, model, self.input_shape, self.device, (self.batch,), warmup=WARMUP,
-                               repeats=repeats)[self.batch]
+        return compare_latency(_Repeated(self.base, self.inner), _Repeated(model, self.inner), self.input_shape,
+                               self.device, (self.batch,), warmup=self.warmup, repeats=repeats)[self.batch]
 
 
 class LatencyTargetError(UserError):
@@ -251,6 +281,7 @@ def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: "M
     latency = {"target": target, "batch": meter.batch, "device": meter.device.type, "dtype": meter.dtype,
                "device_name": device_name(meter.device),
                "speed_up": final.ratio if final else 1.0, "speed_up_iqr": [final.q1, final.q3] if final else [1.0, 1.0],
+               "noisy": bool(final and final.noisy),
                "measurements": len(outcome.measurements), "every_step": outcome.every_step,
                "measure_s": sum(m.seconds for m in outcome.measurements), "prune_s": time.perf_counter() - started,
                "history": [asdict(m) for m in outcome.measurements]}
@@ -269,11 +300,14 @@ def prune_to_latency_in_run(state, model: nn.Module, pruner: tp.pruner.BasePrune
     cfg = state.cfg
     dtype = resolve_latency_dtype(cfg.eval.latency_dtype, state.device)
     meter = LatencyMeter(model, (3, state.input_size, state.input_size), state.device, dtype,
-                         cfg.prune.latency_batch)
+                         cfg.prune.latency_batch, cfg.prune.speed_up)
     result = prune_to_latency(model, pruner, MacCounter(model, state.data.example_input(1)), cfg.prune.speed_up,
                               meter, calibrate=calibrate, describe=describe, on_step=on_step, say=state.say)
     lat = result["latency"]
     state.say(f"prune: measured latency speed-up {lat['speed_up']:.2f}x (batch {lat['batch']}, {lat['device']} "
               f"{lat['dtype']}), confirmed; {lat['measurements']} measurements took {lat['measure_s']:.1f} s of "
               f"{lat['prune_s']:.1f} s of pruning")
+    if lat["noisy"]:
+        state.warn(f"prune: the confirming latency measurement was NOISY (its IQR is wider than {MAX_SPREAD:.0%} of "
+                   "its median): the machine was busy; rerun on an idle machine")
     return result

@@ -131,7 +131,7 @@ def target_summary(cfg, pruned: dict) -> dict:
         return {"kind": "macs", "speed_up": cfg.prune.speed_up}
     lat = pruned.get("latency") or {}
     return {"kind": "latency", "speed_up": cfg.prune.speed_up, "batch": cfg.prune.latency_batch,
-            **{k: lat.get(k) for k in ("device", "device_name", "dtype", "speed_up_iqr", "measurements",
+            **{k: lat.get(k) for k in ("device", "device_name", "dtype", "speed_up_iqr", "noisy", "measurements",
                                        "measure_s", "prune_s")},
             "reached": lat.get("speed_up")}
 
@@ -141,7 +141,8 @@ def target_line(t: dict) -> str:
     iqr = t.get("speed_up_iqr") or [float("nan")] * 2
     return (f"latency target {t['speed_up']}x at batch {t['batch']} ({t.get('device')}, {t.get('dtype')}): "
             f"{t.get('reached', float('nan')):.2f}x [{iqr[0]:.2f}-{iqr[1]:.2f}] when pruning stopped "
-            f"({t.get('measurements')} measurements, {t.get('measure_s', 0):.1f} s)")
+            f"({t.get('measurements')} measurements, {t.get('measure_s', 0):.1f} s)"
+            + (" NOISY" if t.get("noisy") else ""))
 
 
 def _latency_part(lat: dict, key: str) -> str:

@@ -205,3 +205,19 @@ def test_results_and_report_show_macs_and_latency_speed_ups_side_by_side(tmp_pat
     fig = tradeoff_figure(rows, [])
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles == ["digits/resnet20", "digits/resnet20: latency (bs 1, cpu, fp32; bs 64, cpu, fp32)"]
+
+
+def test_the_meter_compares_a_frozen_copy_of_the_unpruned_model_with_the_current_one(monkeypatch):
+    """With a fake clock (the base model's samples take 3 ms, any other 2 ms): the ratio is 1.5, the meter's
+    copy does not follow the model as it is pruned, and the model keeps its training flag."""
+    from prune_runner import latency
+    from prune_runner.latency_target import LatencyMeter
+
+    model = _tiny_net().train()
+    meter = LatencyMeter(model, (3, 8, 8), torch.device("cpu"), "fp32", 2, 1.5)
+    assert meter.base is not model and meter.inner >= 1 and 6 <= meter.repeats <= 20
+    monkeypatch.setattr(latency, "_sample_ms", lambda m, x, inner: 3.0 if m.model is meter.base else 2.0)
+    model[0].weight.data.zero_()  # "pruned": the copy keeps the old weights
+    m = meter(model, 7, 2.0, confirmation=True)
+    assert (m.step, m.macs_speed_up, m.ratio, m.confirmation, m.noisy) == (7, 2.0, 1.5, True, False)
+    assert meter.base[0].weight.abs().sum() > 0 and model.training
