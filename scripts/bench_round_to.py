@@ -3,15 +3,15 @@ prune.round_to=auto (the table in prune_runner/round_to.py).
 
 Pruned layers end up with any width. A kernel that works on blocks of channels (SIMD lanes on a CPU, tensor
 core tiles on a GPU) pads a width that is not a multiple of its block, so an odd width costs about as much
-as the next multiple. For each width w in a window of widths, this script times a layer with w input and w
-output channels (a 3x3 convolution, and a 1x1 one) and computes its throughput, MACs per second. Widths are
-grouped by their largest power-of-two divisor (8 is a multiple of 1, 2, 4 and 8), and for each multiple m the
-median throughput of the widths that are multiples of m is printed, relative to the widths that are not even.
-The chosen multiple is the smallest m beyond which a coarser multiple gains less than `--gain` (5%) more:
-coarser multiples cost accuracy (a pruned width is rounded down to them) and must pay for themselves.
+as the next multiple: time steps up just after each multiple of the block. For each width w in a window,
+this script times a layer with w input and w output channels (a 3x3 convolution, and a 1x1 one) and fits,
+for each candidate block m, the model "time = a * ceil_m(w)^b" (a power law of the padded width; m = 1 is
+the smooth model). It prints each fit's residual spread (std of log time) and chooses the block that explains
+the timings best; a coarser block must beat every finer one by `--gain` (10%) to be chosen, since rounding
+to it costs channels. The device's multiple is the coarser of the two layer kinds' blocks.
 
 All widths of one layer kind are timed round-robin in one process (a load that comes and goes hits every
-width alike), each the median of `--repeats` samples.
+width alike); each width's time is its fastest of `--repeats` samples (a load only ever adds time).
 Run: .venv/bin/python scripts/bench_round_to.py [--device cpu] [--dtype fp32] [--batch 8] [--repeats 15]
 """
 
@@ -68,7 +68,7 @@ def padded_fit(throughput: dict, block: int) -> float:
         ys.append(math.log(w * w / t))  # time up to a constant: MACs ~ w^2 (batch and map size fixed)
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0  # one padded width
     return statistics.pstdev([y - my - slope * (x - mx) for x, y in zip(xs, ys)])
 
 
@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=16, help="feature map side in pixels")
     ap.add_argument("--widths", type=int, nargs=2, default=(48, 80), help="first and last width (inclusive)")
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--gain", type=float, default=0.05)
+    ap.add_argument("--gain", type=float, default=0.1)
     args = ap.parse_args()
     device, dtype = torch.device(args.device), LATENCY_DTYPES[args.dtype]
     widths = list(range(args.widths[0], args.widths[1] + 1))
