@@ -51,6 +51,7 @@ FLAT_JUMP = 1.1  # the next measurement's distance when latency did not fall wit
 FIT_POINTS = 3  # measured models (the unpruned one included) the prediction's line is fitted to
 AIM = 1.03  # predictions aim this much above the target: a measurement just below it costs one more
 CHEAP = 1.0  # measure after every step where one measurement costs at most this many pruning steps
+OVERSHOOT = 1.2  # a confirmed speed-up this far above the target, reached in a jump, is reported
 BOUND = 2.0  # a model whose MACs fell BOUND x the target while latency missed it is bound by unpruned parts
 
 
@@ -230,6 +231,19 @@ def why_missed(outcome: Outcome, target: float, max_pruning_ratio: float, budget
     return "; ".join(reasons)
 
 
+def overshoot(outcome: Outcome, target: float) -> Optional[str]:
+    """A line when the confirmed speed-up lies far above the target and the last measurement below it was
+    several steps earlier: latency jumped in between, and pruning cannot be undone."""
+    final = outcome.final
+    below = [m for m in outcome.measurements if m.ratio < target and not m.confirmation]
+    if final is None or not below or final.ratio < OVERSHOOT * target or below[-1].step >= final.step - 1:
+        return None
+    last = below[-1]
+    return (f"prune: latency jumped from {last.ratio:.2f}x at {last.macs_speed_up:.2f}x MACs (step {last.step}) to "
+            f"{final.ratio:.2f}x at {final.macs_speed_up:.2f}x MACs (step {final.step}), past the {target}x target: "
+            "some widths leave a kernel's fast path; prune.round_to=auto keeps them on it")
+
+
 def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: "MacCounter", target: float,
                      meter: LatencyMeter, *, calibrate: Optional[Callable[[], None]] = None,
                      describe: str = "model", on_step: Optional[Callable[[int, int, float], None]] = None,
@@ -276,6 +290,9 @@ def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: "M
             f"{best.macs_speed_up:.2f}x fewer MACs) of the {target}x target: "
             f"{why_missed(outcome, target, pruner.max_pruning_ratio, pruner.iterative_steps)}; lower prune.speed_up"
             + (", or measure at a larger prune.latency_batch" if meter.batch < 64 else ""))
+    jump = overshoot(outcome, target)
+    if jump:
+        say(jump)
     macs, params = counter.count(model)
     final = outcome.final
     latency = {"target": target, "batch": meter.batch, "device": meter.device.type, "dtype": meter.dtype,

@@ -13,7 +13,7 @@ Goals: latency runs measure >= 0.95x their target independently; a latency run t
 MACs run to the same number.
 
 Run: .venv/bin/python scripts/bench_latency_target.py [--models resnet56 mobilenet_v2] [--batches 1 64]
-     [--targets 1.5 2] [--threads 1]
+     [--targets 1.5 2] [--threads 1] [--round-to auto] [--verbose]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from prune_runner.models import build_model
 from prune_runner.models.torchvision_models import get_model_spec
 from prune_runner.provenance import cpu_name
 from prune_runner.pruning import build_pruner, progressive_prune
+from prune_runner.round_to import resolve_round_to
 
 NUM_CLASSES = {"cifar": 10, "torchvision": 1000}
 CHECK_SECONDS = 20.0  # an independent measurement lasts about this long (at least 6, at most 100 pairs)
@@ -44,13 +45,15 @@ def fresh_model(name: str, seed: int):
     return build_model(name, classes, False, input_size=spec.input_size).eval(), classes, spec.input_size
 
 
-def prune_run(name: str, target: float, kind: str, batch: int, seed: int, say=lambda text: None) -> dict:
+def prune_run(name: str, target: float, kind: str, batch: int, seed: int, round_to=None,
+              say=lambda text: None) -> dict:
     """One pruning run from the same initial model; returns the models, what it reached and what it cost."""
     model, classes, side = fresh_model(name, seed)
     base = copy.deepcopy(model)
     x = torch.randn(1, 3, side, side)
     started = time.perf_counter()
-    pruner = build_pruner(model, x, get_method("l1"), classes, steps=100, max_pruning_ratio=0.9)
+    pruner = build_pruner(model, x, get_method("l1"), classes, steps=100, max_pruning_ratio=0.9,
+                          round_to=resolve_round_to(round_to, torch.device("cpu"), "fp32"))
     counter = MacCounter(model, x)
     row = {"model": name, "kind": kind, "target": target, "batch": batch, "base": base, "pruned": model,
            "side": side, "measurements": 0, "error": None}
@@ -91,21 +94,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verbose", action="store_true", help="print every latency measurement while pruning")
+    ap.add_argument("--round-to", default=None, help="prune.round_to for every run: an integer or auto")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    round_to = int(args.round_to) if args.round_to not in (None, "auto") else args.round_to
     t0 = time.perf_counter()
     print(f"CPU {cpu_name()}; torch {torch.__version__}, threads {torch.get_num_threads()}; fp32, random init "
-          f"(seed {args.seed}), l1 importance, 100 iterative steps, max_pruning_ratio 0.9")
+          f"(seed {args.seed}), l1 importance, 100 iterative steps, max_pruning_ratio 0.9, round_to {round_to} "
+          f"({resolve_round_to(round_to, torch.device('cpu'), 'fp32')})")
     header = (f"{'model':<13}{'batch':>5}  {'target':<13}{'MACs x':>7}  {'measured x [IQR]':<22}{'prune s':>8}"
               f"{'vs MACs':>8}{'meas s':>7}{'n':>3}  note")
     print(header)
     print("-" * len(header))
     failures, ratios = [], []
     for name in args.models:
-        macs_runs = {t: prune_run(name, t, "macs", 0, args.seed) for t in args.targets}
+        macs_runs = {t: prune_run(name, t, "macs", 0, args.seed, round_to) for t in args.targets}
         for batch in args.batches:
             for target in args.targets:
-                run = prune_run(name, target, "latency", batch, args.seed,
+                run = prune_run(name, target, "latency", batch, args.seed, round_to,
                                 say=(lambda text: print("  " + text, flush=True)) if args.verbose else (lambda t: None))
                 pair = macs_runs[target]
                 for row in (run, pair):

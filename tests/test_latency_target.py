@@ -221,3 +221,16 @@ def test_the_meter_compares_a_frozen_copy_of_the_unpruned_model_with_the_current
     m = meter(model, 7, 2.0, confirmation=True)
     assert (m.step, m.macs_speed_up, m.ratio, m.confirmation, m.noisy) == (7, 2.0, 1.5, True, False)
     assert meter.base[0].weight.abs().sum() > 0 and model.training
+
+
+def test_a_jump_far_past_the_target_is_reported():
+    from prune_runner.latency_target import Outcome, overshoot
+
+    def m(step, ratio, confirmation=False):
+        return Measurement(step, 1 + step / 10, ratio, ratio, ratio, 0.0, confirmation)
+
+    jumped = Outcome(True, 51, 6.1, m(51, 3.4, True), [m(18, 1.1), m(41, 1.4), m(51, 3.3), m(51, 3.4, True)])
+    assert "latency jumped from 1.40x at 5.10x MACs (step 41) to 3.40x" in overshoot(jumped, 1.5)
+    assert "prune.round_to=auto" in overshoot(jumped, 1.5)
+    close = Outcome(True, 51, 6.1, m(51, 1.6, True), [m(41, 1.4), m(51, 1.6), m(51, 1.6, True)])
+    assert overshoot(close, 1.5) is None
