@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned to the newest release this project supports; pip takes it from its cache when there is one
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow test-walk bench lint clean
 
 install: $(STAMP)
 
@@ -23,9 +23,13 @@ demo: install
 test: install
 	$(VENV)/bin/pytest -q
 
-# longer end-to-end tests (several minutes on 2 CPU cores)
+# longer end-to-end tests and every CIFAR model x method (tens of minutes on 2 CPU cores)
 test-slow: install
 	$(VENV)/bin/pytest -q -m slow
+
+# every torchvision classification model, built and pruned with two methods (about an hour on 2 CPU cores)
+test-walk: install
+	$(VENV)/bin/pytest -q -m walk
 
 bench: install
 	$(PY) scripts/bench_regularizer.py

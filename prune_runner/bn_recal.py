@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from .train import Precision
+from .train import Fast
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -29,7 +29,7 @@ def batches_for(data, batch_size: int, n: int, seed: int) -> Iterator:
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable, device: torch.device, precision: Precision) -> int:
+def recalibrate_bn(model: nn.Module, batches: Iterable, device: torch.device, fast: Fast) -> int:
     """Reset every BatchNorm's running stats and re-estimate them as the plain average over `batches`.
 
     Only the BN layers switch to train mode (dropout and the rest stay in eval mode, so the statistics
@@ -50,9 +50,9 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, device: torch.device, pr
     used = 0
     try:
         for x, _ in batches:
-            if precision.channels_last:
+            if fast.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with precision.autocast(device):
+            with fast.autocast(device):
                 model(x)
             used += 1
     finally:

@@ -4,93 +4,27 @@ A checkpoint is a dict of tensors and plain Python values only:
   format, model_name, num_classes, input_size, pruning_history, state_dict, plus
   whatever the stage adds (epoch, optimizer, scheduler, regularizer, rng, metrics).
 A pruned model is never pickled: it is rebuilt by replaying `pruning_history`
-(torch-pruning's DependencyGraph.load_pruning_history) on a freshly built model.
+(pruning.replay_pruning_history) on a freshly built model.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
-import json
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, RecordError, UserError
+from .errors import CheckpointError
+from .files import atomic_write_bytes
+from .models import build_model
+from .pruning import replay_pruning_history
 
 FORMAT = "prune-runner/1"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates 0600 files; a results folder shared with colleagues needs what the umask allows
-FILE_MODE = 0o666 & ~_umask()
-
-
-def open_temp(path: Path) -> tuple[int, str]:
-    """A temp file beside `path` (same filesystem, so the final rename is atomic), mode as umask allows."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, FILE_MODE)
-    return fd, tmp
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: readers see the old or the new file, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = open_temp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"disk full while saving {path}; the previous file there is unchanged") from None
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        raise RecordError(f"record {path} is unreadable ({err})") from None
 
 
 def sha256(data: bytes) -> str:
@@ -146,8 +80,6 @@ def model_payload(model: nn.Module, model_name: str, num_classes: int, input_siz
 def rebuild_model(ckpt: dict, path: Path | str = "checkpoint", expect_model: Optional[str] = None,
                   expect_classes: Optional[int] = None) -> tuple[nn.Module, list]:
     """Fresh model + replayed pruning history + weights. Returns (model, history)."""
-    from .models import build_model
-
     name, classes = ckpt["model_name"], ckpt["num_classes"]
     if expect_model is not None and name != expect_model:
         raise CheckpointError(f"checkpoint {path} holds model '{name}', not '{expect_model}'")
@@ -156,17 +88,7 @@ def rebuild_model(ckpt: dict, path: Path | str = "checkpoint", expect_model: Opt
     model = build_model(name, classes, input_size=ckpt.get("input_size"))
     history = [tuple(h) for h in ckpt.get("pruning_history", [])]
     if history:
-        import torch_pruning as tp
-
-        from .models.pruning_hints import pruning_hints, sync_after_pruning
-
-        size = ckpt["input_size"]
-        # the same unwrapped parameters as at pruning time (ViT's class token and position embedding)
-        unwrapped = pruning_hints(model, classes)["unwrapped_parameters"]
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, 3, size, size),
-                                                      unwrapped_parameters=unwrapped)
-        graph.load_pruning_history(history)
-        sync_after_pruning(model)
+        replay_pruning_history(model, history, classes, ckpt["input_size"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:

@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import sys
+import traceback
 from importlib import resources
 from pathlib import Path
 from typing import List
@@ -23,6 +24,7 @@ from typing import List
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from .config import RunConfig
@@ -92,8 +94,6 @@ def preflight(argv: List[str]) -> List[str]:
     A torchvision model name that has no YAML of its own is stored as a `model` group option in Hydra's
     ConfigStore, so `model=efficientnet_b0` and sweeps such as `model=efficientnet_b0,resnet20` compose
     like any other group choice (the ConfigStore travels with submitit's jobs to the cluster)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     out: List[str] = []
     argv = quote_paths(argv)
     words = [a for a in argv if not a.startswith("-") and "=" in a]
@@ -119,7 +119,7 @@ def preflight(argv: List[str]) -> List[str]:
                     ConfigStore.instance().store(group="model", name=value, node={"name": value})
                     continue
                 if key == "model":
-                    from .models import list_models
+                    from .models import list_models  # not at the top: see _is_torchvision
 
                     raise UserError(f"unknown model '{value}'; choose one of: {', '.join(list_models())}, "
                                     "or any torchvision classification model name")
@@ -137,8 +137,6 @@ def preset_notes(argv: List[str]) -> List[str]:
 
     A group chosen on the command line replaces the preset's choice of that group; the preset's own values
     under that group (e.g. method.reg) still apply unless set on the command line too. One line per group."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     words = [a for a in argv if not a.startswith("-") and "=" in a]
     parsed = OverridesParser.create().parse_overrides(words)
     choices = {o.key_or_group: o for o in parsed if o.key_or_group in GROUPS}
@@ -191,7 +189,9 @@ def reprune_command(argv: List[str], run_dir: Path, speed_up: float) -> str:
 
 
 def _is_torchvision(name: str) -> bool:
-    from .models.torchvision_models import get_model_spec
+    # imported here, not at the top: the models package loads torch and torchvision (seconds), which
+    # `--help`, `--cfg job` and a model chosen by its YAML never need
+    from .models import get_model_spec
 
     try:
         return get_model_spec(name).family == "torchvision"  # a model it cannot prune: one line, now
@@ -201,6 +201,8 @@ def _is_torchvision(name: str) -> bool:
 
 @hydra.main(config_path="pkg://prune_runner.conf", config_name="config", version_base="1.3")
 def _app(dcfg: DictConfig) -> None:
+    # imported here, not at the top: the pipeline loads torch, torchvision and torch-pruning (seconds); with
+    # `--cfg job` Hydra prints the config without calling _app, and stays fast
     from .pipeline import run_pipeline
 
     hc = HydraConfig.get()
@@ -220,19 +222,13 @@ def _app(dcfg: DictConfig) -> None:
     except Exception as err:  # a crash in one sweep job must not stop the sweep
         if not multirun:
             raise
-        import traceback
-
         traceback.print_exc()
         FAILED.append(f"{run_dir}: {type(err).__name__}: {err}")
     finally:
         gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # free GPU memory before the next sweep job
-        except ImportError:
-            pass
+        torch = sys.modules.get("torch")  # loaded by the pipeline; cli.py itself never imports it
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # free GPU memory before the next sweep job
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -240,8 +236,6 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 def sweep_jobs(argv: List[str]) -> List[List[str]]:
     """The argv of every job of a `-m` sweep: sweep values (a,b / range) expanded, -m dropped."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     words = [a for a in argv if not a.startswith("-") and "=" in a]
     rest = [a for a in argv if a not in words and a not in ("-m", "--multirun")]
     try:

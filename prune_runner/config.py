@@ -29,7 +29,7 @@ class DatasetConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "group_norm"  # registry key: prune_runner.methods.list_methods()
+    name: str = "group_norm"  # registry key: prune_runner.pruning.list_methods()
     # None: the method's default (regularizers.py; stronger for short schedules, method_defaults.py);
     # filled in before a run starts
     reg: Optional[float] = None  # regularization coefficient (after warm-up); unused without a regularizer

@@ -1,7 +1,7 @@
 """Export a (pruned) model to deployable formats and check the files load back to the same outputs.
 
 Each format is an `Exporter` in the `EXPORTERS` registry: how to write the file and how to run it again.
-Files are written under a temporary name in the target folder, then renamed with `os.replace`, so an
+Files are written under a temporary name in the target folder, then renamed (files.atomic_path), so an
 interrupted export never leaves a half-written file under the final name.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import open_temp
 from .errors import UserError
+from .files import atomic_path
 from .registry import Registry
 
 ONNX_HINT = "pip install 'prune-runner[export]'"
@@ -48,21 +48,6 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
-
-
-@contextlib.contextmanager
-def _atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `final`; on success rename it over `final`, else delete it."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = open_temp(final)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # --- TorchScript -------------------------------------------------------------------------------------
@@ -129,7 +114,7 @@ def _write_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> No
 
 def _run_onnx(path: Path, inputs: torch.Tensor) -> torch.Tensor:
     _require("onnxruntime", "checking an onnx export")
-    import onnxruntime
+    import onnxruntime  # an optional dependency: only for checking .onnx files
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: inputs.detach().cpu().numpy()}
@@ -162,7 +147,7 @@ def export_model(
     with _eval_mode(model):
         for exporter in exporters:
             final = out / f"{stem}{exporter.suffix}"
-            with _atomic_path(final) as tmp:
+            with atomic_path(final) as tmp:
                 exporter.write(model, example_input, tmp)
             paths[exporter.name] = final
     return paths

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UnknownChoiceError
+from .report.provenance import cpu_name
 
 LATENCY_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,8 +44,6 @@ def device_name(device: torch.device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from .provenance import cpu_name
-
     return f"{cpu_name()}, {torch.get_num_threads()} thread(s)"
 
 

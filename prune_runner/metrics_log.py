@@ -7,9 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write_bytes
 from .config import STAGES
 from .errors import UserError
+from .files import atomic_write_bytes
 
 
 class MetricsLog:
@@ -36,7 +36,7 @@ class MetricsLog:
                                 "command to resume from the last epoch checkpoint") from None
             raise
         if self._tb_dir is not None and self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # an optional dependency: only for logger=tensorboard
 
             self._tb = SummaryWriter(log_dir=str(self._tb_dir))
         if self._tb is not None:

@@ -16,14 +16,16 @@ from typing import Optional
 import torch
 from rich.console import Console
 
-from .checkpoint import atomic_write_json, read_json
 from .config import STAGES, RunConfig
+from .data import build_data
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from .errors import CheckpointError, RecordError, UserError
+from .files import atomic_write_json, read_json
 from .latency_dtype import latency_inputs
 from .locks import lock_run_dir
-from .methods import get_method
 from .metrics_log import MetricsLog
+from .models import get_model_spec
+from .pruning import get_method
 from .records import (
     RECORD_FORMAT,
     StageCache,
@@ -38,10 +40,10 @@ from .records import (
     problem_with,
     teacher_key,
 )
-from .results import print_results
+from .report import print_results
 from .stages import MAIN_ONLY, STAGE_FNS, StageRun
 from .state import RunState
-from .train import Precision
+from .train import Fast
 from .validate import validate
 
 
@@ -90,21 +92,16 @@ def _resume_from(cfg: RunConfig) -> tuple[Optional[str], dict]:
 
 
 def build_state(cfg: RunConfig, run_dir: Path, console: Console, overrides: str, dist: DistInfo) -> RunState:
-    from .data import build_data
-    from .models.torchvision_models import get_model_spec
-
     device = resolve_device(cfg.device, dist)
     set_determinism(cfg)
-    on_cuda = device.type == "cuda"
-    precision = Precision(amp=on_cuda if cfg.fast.amp is None else cfg.fast.amp,
-                          channels_last=on_cuda if cfg.fast.channels_last is None else cfg.fast.channels_last)
+    fast = Fast.for_device(cfg.fast, device)
     input_size = cfg.model.input_size or get_model_spec(cfg.model.name).input_size
     d = cfg.dataset
     data = build_data(d.name, root=d.root, input_size=input_size, device=device, download=d.download,
                       in_memory=d.in_memory, augment=d.augment, workers=d.workers, rank=dist.rank,
                       world_size=dist.world_size, train_limit=d.train_limit)
     state = RunState(cfg=cfg, run_dir=run_dir, device=device, dist=dist, data=data, spec=get_method(cfg.method.name),
-                     log=MetricsLog(run_dir, dist.is_main, cfg.logger), console=console, precision=precision,
+                     log=MetricsLog(run_dir, dist.is_main, cfg.logger), console=console, fast=fast,
                      input_size=input_size, overrides=overrides)
     return state
 
@@ -193,7 +190,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, console: Console, overrides: str,
     state = build_state(cfg, run_dir, console, overrides, dist)
     state.base_sha = _base_checkpoint_sha(cfg)
     inputs = StageInputs(dataset=state.data.fingerprint, base_checkpoint=state.base_sha,
-                         world_size=dist.world_size, amp=bool(state.precision.amp), **latency_inputs(state))
+                         world_size=dist.world_size, amp=bool(state.fast.amp), **latency_inputs(state))
     has_reg = state.spec.regularizer is not None
     cache = StageCache(Path(cfg.out_root) / ".stage_cache", warn=state.warn)
     start_stage, upstream = _resume_from(cfg)
@@ -224,9 +221,9 @@ def _run_locked(cfg: RunConfig, run_dir: Path, console: Console, overrides: str,
         own = own_config(cfg, stage, has_reg, inputs)
         if stage == "finetune":
             own.update(teacher_key(cfg, state.records))  # the teacher stage has finished by now
-        flat = chain(own, consumed)
-        stage_hash = config_hash(flat)
-        action, record = broadcast_object(dist, _decide(state, stage, stage_dir, flat, stage_hash, cache)
+        stage_config = chain(own, consumed)
+        stage_hash = config_hash(stage_config)
+        action, record = broadcast_object(dist, _decide(state, stage, stage_dir, stage_config, stage_hash, cache)
                                           if dist.is_main else None)
         if action == "not selected":
             continue
@@ -238,19 +235,21 @@ def _run_locked(cfg: RunConfig, run_dir: Path, console: Console, overrides: str,
         elif action == "reuse":
             entry = Path(record["entry"])
             if dist.is_main:
-                record = stage_dir.adopt(record, entry, flat, consumed)
+                record = stage_dir.adopt(record, entry, stage_config, consumed)
                 _publish(state, stage_dir, record)
             record = broadcast_object(dist, record)
             state.use_record(stage, record)
             state.say(f"{stage}: reused from {record['reused_from']}")
         elif action == "pass":
             metrics = {**consumed["metrics"], "skipped": "no regularizer"}
-            state.records[stage] = record = stage_dir.pass_through(consumed, flat, metrics, [], write=dist.is_main)
+            record = stage_dir.pass_through(consumed, stage_config, metrics, [], write=dist.is_main)
+            state.records[stage] = record
             state.say(f"{stage}: skipped ({cfg.method.name} has no regularizer)")
         else:
             _check_inputs(state, stage)
             with _entry_lock(state, cache, stage, stage_hash):
-                state.records[stage] = record = _run_stage(state, stage, stage_dir, flat, stage_hash, cache, consumed)
+                record = _run_stage(state, stage, stage_dir, stage_config, stage_hash, cache, consumed)
+                state.records[stage] = record
             ran.append(stage)
         if dist.is_main and action != "done" and not config_written:
             atomic_write_json(run_dir / "config.json", asdict(cfg))  # the config the run dir's stages came from
@@ -266,7 +265,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, console: Console, overrides: str,
     return state.records
 
 
-def _decide(state: RunState, stage: str, stage_dir: StageDir, flat: dict, stage_hash: str,
+def _decide(state: RunState, stage: str, stage_dir: StageDir, stage_config: dict, stage_hash: str,
             cache: StageCache) -> tuple[str, Optional[dict]]:
     """(action, record): done | reuse (record of the cache entry) | pass | run | not selected."""
     cfg = state.cfg
@@ -315,13 +314,13 @@ def _check_inputs(state: RunState, stage: str) -> None:
                         "(stages always run in the order " + ", ".join(STAGES) + ")")
 
 
-def _run_stage(state: RunState, stage: str, stage_dir: StageDir, flat: dict, stage_hash: str,
+def _run_stage(state: RunState, stage: str, stage_dir: StageDir, stage_config: dict, stage_hash: str,
                cache: StageCache, upstream: Optional[dict]) -> dict:
     cfg = state.cfg
     resume = None
     if cfg.resume == "auto":
         resume = stage_dir.latest_epoch(stage_hash, warn=lambda text: state.say(f"[yellow]{text}[/yellow]"))
-    run = StageRun(stage, stage_dir, flat, stage_hash, resume)
+    run = StageRun(stage, stage_dir, stage_config, stage_hash, resume)
     if state.dist.is_main:
         state.log.drop_from(stage, 0 if resume is None else resume["epoch"] + 1)  # rows about to be logged again
     state.say(f"[bold]{stage}[/bold]")
@@ -336,9 +335,9 @@ def _run_stage(state: RunState, stage: str, stage_dir: StageDir, flat: dict, sta
     if state.dist.is_main:
         log = state.log.rows(stage)
         if payload is None:  # the stage's output is its input model (eval)
-            record = stage_dir.pass_through(upstream, flat, metrics, log)
+            record = stage_dir.pass_through(upstream, stage_config, metrics, log)
         else:
-            record = stage_dir.finish(payload, flat, metrics, log)
+            record = stage_dir.finish(payload, stage_config, metrics, log)
         if cfg.cache:
             cache.add(stage, stage_hash, stage_dir, record)
     if state.dist.enabled:

@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from .checkpoint import atomic_write_json, load_checkpoint, read_json, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import STAGES, RunConfig
 from .errors import CheckpointError, RecordError, UserError
+from .files import atomic_write_json, read_json
 from .locks import wait_for
 
 RECORD_FORMAT = 2  # records of format 1 hashed config text only; they are redone, never trusted
@@ -81,33 +82,33 @@ def _flatten(prefix: str, value, out: dict) -> None:
 def own_config(cfg: RunConfig, stage: str, has_regularizer: bool, inputs: StageInputs) -> dict:
     """Flat {key: value} of what `stage` itself depends on (upstream excluded)."""
     plain = asdict(cfg)
-    flat: dict = {}
+    own: dict = {}
     if stage == "sparse_train" and not has_regularizer:
-        flat["sparse_train"] = NO_REGULARIZER
+        own["sparse_train"] = NO_REGULARIZER
     else:
         for key in STAGE_KEYS[stage]:
-            _flatten(key, _select(plain, key), flat)
-    flat["input.dataset"] = inputs.dataset
+            _flatten(key, _select(plain, key), own)
+    own["input.dataset"] = inputs.dataset
     if stage == "pretrain":
-        flat["input.base_checkpoint"] = inputs.base_checkpoint
+        own["input.base_checkpoint"] = inputs.base_checkpoint
     if stage in TRAINING_STAGES:
-        flat["env.world_size"] = inputs.world_size
+        own["env.world_size"] = inputs.world_size
     if stage == "prune":
-        _prune_device_keys(cfg, inputs, flat)
+        _prune_device_keys(cfg, inputs, own)
     for key, value in UNHASHED_DEFAULTS.items():
-        if key in flat and flat[key] == value:
-            del flat[key]
-    flat["env.amp"] = inputs.amp
-    return flat
+        if key in own and own[key] == value:
+            del own[key]
+    own["env.amp"] = inputs.amp
+    return own
 
 
-def _prune_device_keys(cfg: RunConfig, inputs: StageInputs, flat: dict) -> None:
+def _prune_device_keys(cfg: RunConfig, inputs: StageInputs, own: dict) -> None:
     """A latency target, and round_to=auto, make the pruned model depend on the device and the precision
     latency is measured in; the batch a latency target times matters to that target only."""
     if cfg.prune.target == "latency" or cfg.prune.round_to == "auto":
-        flat["env.device"], flat["env.latency_dtype"] = inputs.device, inputs.latency_dtype
+        own["env.device"], own["env.latency_dtype"] = inputs.device, inputs.latency_dtype
     if cfg.prune.target != "latency":
-        flat.pop("prune.latency_batch", None)
+        own.pop("prune.latency_batch", None)
 
 
 def chain(own: dict, upstream: Optional[dict]) -> dict:
@@ -135,8 +136,8 @@ def teacher_key(cfg: RunConfig, records: Dict[str, dict]) -> dict:
     return {"finetune.distill.teacher_sha256": known[0]["sha256"] if known else None}
 
 
-def config_hash(flat: dict) -> str:
-    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def config_hash(stage_config: dict) -> str:
+    return hashlib.sha256(json.dumps(stage_config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def differing_keys(old: dict, new: dict) -> List[str]:
@@ -206,34 +207,34 @@ class StageDir:
         atomic_write_json(self.record_path, on_disk)
         return record
 
-    def _record(self, flat: dict, checkpoint: Path, sha: str, size: int, metrics: dict, log: list,
+    def _record(self, stage_config: dict, checkpoint: Path, sha: str, size: int, metrics: dict, log: list,
                 output: str) -> dict:
-        return {"format": RECORD_FORMAT, "stage": self.stage, "hash": config_hash(flat), "config": flat,
+        return {"format": RECORD_FORMAT, "stage": self.stage, "hash": config_hash(stage_config), "config": stage_config,
                 "checkpoint": str(Path(checkpoint).resolve()), "sha256": sha, "size": size, "metrics": metrics,
                 "log": log, "output": output, "source": str(self.path.resolve())}
 
-    def finish(self, payload: dict, flat: dict, metrics: dict, log: list) -> dict:
+    def finish(self, payload: dict, stage_config: dict, metrics: dict, log: list) -> dict:
         """Write the final checkpoint, then the record: until the record is written the old one stands,
         and a record whose checkpoint does not match it is noticed (problem_with) and redone."""
         sha = save_checkpoint(self.checkpoint_path, payload)
-        record = self._record(flat, self.checkpoint_path, sha, self.checkpoint_path.stat().st_size, metrics, log,
-                              "own")
+        size = self.checkpoint_path.stat().st_size
+        record = self._record(stage_config, self.checkpoint_path, sha, size, metrics, log, "own")
         self.keep_artifacts()
         self._write(record)
         for f in self.path.glob("epoch_*"):
             f.unlink(missing_ok=True)
         return record
 
-    def pass_through(self, upstream: dict, flat: dict, metrics: dict, log: list, write: bool = True) -> dict:
+    def pass_through(self, upstream: dict, stage_config: dict, metrics: dict, log: list, write: bool = True) -> dict:
         """Finish a stage whose output is its input model: the record points at the upstream checkpoint."""
-        record = self._record(flat, upstream["checkpoint"], upstream["sha256"], upstream["size"], metrics, log,
+        record = self._record(stage_config, upstream["checkpoint"], upstream["sha256"], upstream["size"], metrics, log,
                               "upstream")
         if write:  # rank 0 only under DDP
             self.keep_artifacts()
             self._write(record)
         return record
 
-    def adopt(self, source: dict, source_dir: Path, flat: dict, upstream: Optional[dict]) -> dict:
+    def adopt(self, source: dict, source_dir: Path, stage_config: dict, upstream: Optional[dict]) -> dict:
         """Take a finished stage from the cache or another run: its files are linked or copied in, so
         this run keeps them whatever later happens to the source."""
         if source["output"] == "own":
@@ -244,7 +245,7 @@ class StageDir:
         for name in ARTIFACTS.get(self.stage, []):
             if (Path(source_dir) / name).exists():
                 link_or_copy(Path(source_dir) / name, self.path / name)
-        record = dict(self._record(flat, checkpoint, source["sha256"], source["size"], source["metrics"],
+        record = dict(self._record(stage_config, checkpoint, source["sha256"], source["size"], source["metrics"],
                                    source.get("log", []), source["output"]), reused_from=source["source"])
         return self._write(record)
 

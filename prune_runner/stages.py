@@ -12,15 +12,32 @@ import torch
 
 from .bn_recal import batches_for, recalibrate_bn, restore_weight_scale
 from .bn_stats import recalibrate_slow_batchnorms, slow_batchnorms
-from .checkpoint import atomic_write_json
 from .config import STAGES, StageSchedule
+from .data.base import stream_seed
+from .distill import Distiller
 from .distributed import barrier, wrap_ddp
-from .flops import MacCounter
-from .models import build_model
+from .export import export_model
+from .files import atomic_write_json
+from .latency import MAX_SPREAD, compare_latency
+from .latency_dtype import as_deployed, latency_inputs, resolve_latency_dtype
+from .models import build_model, get_model_spec
 from .progress import stage_progress
-from .pruning import ObdcCalibration, build_pruner, grad_calibration, progressive_prune
+from .pruning import (
+    SMALL_NORM,
+    MacCounter,
+    ObdcCalibration,
+    Regularizer,
+    build_pruner,
+    build_regularizer,
+    channel_group_norms,
+    grad_calibration,
+    progressive_prune,
+    prune_to_latency_in_run,
+    regularizer_from_config,
+    resolve_round_to,
+)
 from .records import StageDir, teacher_record
-from .regularizers import SMALL_NORM
+from .report import build_results, chance_threshold, chance_warning, plot_importance, print_results
 from .state import RunState
 from .train import evaluate, make_optimizer, make_scheduler, train_epoch
 
@@ -31,7 +48,7 @@ EVAL_BATCH = 256  # images per evaluation batch
 class StageRun:
     name: str
     dir: StageDir
-    flat: dict  # the config this stage depends on, upstream included
+    stage_config: dict  # the config this stage depends on, upstream included
     hash: str
     resume: Optional[dict]  # the epoch checkpoint to continue from, if any
 
@@ -51,16 +68,13 @@ def _set_rng_state(state: dict) -> None:
 
 def measure(state: RunState, model) -> dict:
     """Top-1 accuracy, MACs and parameters of `model` (the MACs from its current shapes)."""
-    metrics = evaluate(model, state.data.eval_batches(EVAL_BATCH), state.device, state.precision)
+    metrics = evaluate(model, state.data.eval_batches(EVAL_BATCH), state.device, state.fast)
     macs, params = MacCounter(model, state.data.example_input(1)).count(model)
     return {"acc": metrics["acc"], "eval_loss": metrics["loss"], "macs": int(macs), "params": int(params)}
 
 
 def warn_if_chance(state: RunState, acc: float, what: str) -> None:
     """A run that ends (or starts) at chance accuracy says so, with the likeliest fix."""
-    from .models.torchvision_models import get_model_spec
-    from .results import chance_threshold, chance_warning
-
     cfg = state.cfg
     base = state.records.get("pretrain", {}).get("metrics", {}).get("acc")
     if what == "final" and base is not None and base >= chance_threshold(state.num_classes):
@@ -104,8 +118,9 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
     if cfg.fast.compile:
         torch._dynamo.reset()  # the model may have changed shape since the last compile (pruning)
         train_model = torch.compile(train_model)
-    data_seed = cfg.seed * 7919 + STAGES.index(run.name)  # distinct shuffles per stage, fixed per seed
+    data_seed = stream_seed(cfg.seed, STAGES.index(run.name))  # distinct shuffles per stage, fixed per seed
     slow_bn = bool(slow_batchnorms(model))
+    every_bn = regularizer is not None  # shrinking weights outrun every running average (bn_stats.py)
     last: dict = {}
     with stage_progress(state.console, cfg.progress and state.dist.is_main, run.name, sched.epochs, start) as bar:
         for epoch in range(start, sched.epochs):
@@ -118,14 +133,14 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
                     regularizer.apply(strength)
 
             batches = bar.steps(data.train_batches(sched.batch_size, epoch, data_seed), steps)
-            last = train_epoch(train_model, batches, opt, scheduler, state.device, state.precision,
+            last = train_epoch(train_model, batches, opt, scheduler, state.device, state.fast,
                                regularize=reg_fn, criterion=criterion)
             if on_epoch_end is not None:
                 on_epoch_end()
-            if slow_bn:  # their running statistics (momentum 0.01) lag far behind in a short schedule
+            if slow_bn or every_bn:  # slow ones (momentum 0.01) lag far behind in a short schedule
                 recalibrate_slow_batchnorms(model, data.train_batches(sched.batch_size, epoch, data_seed),
-                                            state.precision, state.device)
-            val = evaluate(model, data.eval_batches(EVAL_BATCH), state.device, state.precision)
+                                            state.fast, state.device, every_layer=every_bn)
+            val = evaluate(model, data.eval_batches(EVAL_BATCH), state.device, state.fast)
             last.update(val_acc=val["acc"], val_loss=val["loss"])
             if regularizer is not None:
                 last.update(reg_coef=coef(epoch), **{f"reg_{k}": v for k, v in regularizer.stats().items()})
@@ -158,9 +173,6 @@ def pretrain(state: RunState, run: StageRun):
 
 
 def _pruner(state: RunState):
-    from .latency_dtype import resolve_latency_dtype
-    from .round_to import resolve_round_to
-
     cfg = state.cfg
     round_to = resolve_round_to(cfg.prune.round_to, state.device,
                                 resolve_latency_dtype(cfg.eval.latency_dtype, state.device))
@@ -171,8 +183,6 @@ def _pruner(state: RunState):
 
 
 def sparse_train(state: RunState, run: StageRun):
-    from .regularizers import regularizer_from_config
-
     cfg, m = state.cfg, state.cfg.method
     state.ensure_model(run.name)
     pruner = _pruner(state)  # only for its dependency graph: the regularizer's groups
@@ -183,9 +193,7 @@ def sparse_train(state: RunState, run: StageRun):
         warm = 1.0 if m.reg_warmup <= 0 else min(1.0, (epoch + 1) / m.reg_warmup)
         return strength * warm
 
-    # growing_reg with reg_update_every=0 grows its coefficients once per epoch, as the reference script does
-    per_epoch = getattr(regularizer, "update_reg", None) if not m.reg_update_every else None
-    fit(state, run, cfg.schedule.sparse_train, regularizer, coef, on_epoch_end=per_epoch)
+    fit(state, run, cfg.schedule.sparse_train, regularizer, coef, on_epoch_end=regularizer.epoch_end)
     metrics = measure(state, state.model)
     stats = regularizer.stats()
     metrics.update({f"reg_{k}": v for k, v in stats.items()})
@@ -238,8 +246,6 @@ def prune(state: RunState, run: StageRun):
 
     describe = f"model {cfg.model.name} with method {cfg.method.name}"
     if cfg.prune.target == "latency":
-        from .latency_target import prune_to_latency_in_run
-
         result = prune_to_latency_in_run(state, model, pruner, calibrate, describe, on_step)
     else:
         result = progressive_prune(model, pruner, MacCounter(model, example), cfg.prune.speed_up,
@@ -249,8 +255,8 @@ def prune(state: RunState, run: StageRun):
     stale = measure(state, state.model) if cfg.prune.bn_recalibration_batches > 0 else None
     if stale is not None:
         batches = batches_for(state.data, cfg.schedule.finetune.batch_size, cfg.prune.bn_recalibration_batches,
-                              seed=cfg.seed * 7919 + len(STAGES))  # a stream no training stage draws
-        used = recalibrate_bn(state.model, batches, state.device, state.precision)
+                              seed=stream_seed(cfg.seed, len(STAGES)))  # a stream no training stage draws
+        used = recalibrate_bn(state.model, batches, state.device, state.fast)
     settled = restore_weight_scale(state.model, example) if cfg.prune.restore_weight_scale else None
     metrics = measure(state, state.model)
     acc_line = f"acc before fine-tuning {metrics['acc']:.4f}"
@@ -272,39 +278,20 @@ def prune(state: RunState, run: StageRun):
 def _plot_importance(state: RunState, pruner) -> None:
     """sparsity.png: before pruning, the per-channel magnitudes of what the method's regularizer drives to
     zero (BN scales for slim / group_slim), or group L2 norms for a method without one."""
-    from .regularizers import Regularizer, build_regularizer
-
     name = state.spec.regularizer
     try:
         if name is not None:
             regularizer = build_regularizer(name, state.model, pruner)
             values, what = regularizer.sparsity_values(), regularizer.SPARSIFIES
         else:
-            values, what = _group_norms(pruner), Regularizer.SPARSIFIES
-        from .plots import plot_importance
-
+            values, what = channel_group_norms(pruner), Regularizer.SPARSIFIES
         plot_importance(values.detach().float().cpu(), state.run_dir / "sparsity.png",
                         title=f"{state.cfg.method.name}: {what} before pruning")
     except Exception as err:  # a plot must never fail a run
         state.say(f"[yellow]sparsity.png not written: {err}[/yellow]")
 
 
-def _group_norms(pruner) -> torch.Tensor:
-    import torch_pruning as tp
-
-    scorer = tp.importance.GroupMagnitudeImportance(p=2, normalizer=None)
-    values = []
-    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                          root_module_types=pruner.root_module_types):
-        imp = scorer(group)
-        if imp is not None:
-            values.append(imp.sqrt().detach().float().cpu())
-    return torch.cat(values) if values else torch.zeros(0)
-
-
 def finetune(state: RunState, run: StageRun):
-    from .distill import Distiller
-
     state.ensure_model(run.name)
     sched = state.cfg.schedule.finetune
     criterion = None
@@ -320,17 +307,12 @@ def finetune(state: RunState, run: StageRun):
 
 
 def evaluate_stage(state: RunState, run: StageRun):
-    from .results import build_results, print_results
-
     cfg = state.cfg
     model = state.ensure_model(run.name)
     final = measure(state, model)
     warn_if_chance(state, final["acc"], "final")
     latency = None
     if cfg.eval.latency:
-        from .latency import MAX_SPREAD, compare_latency
-        from .latency_dtype import as_deployed, latency_inputs
-
         base_model, _ = state.load(Path(state.records["pretrain"]["checkpoint"]),
                                    state.records["pretrain"]["sha256"])
         shape = (3, state.input_size, state.input_size)
@@ -346,8 +328,6 @@ def evaluate_stage(state: RunState, run: StageRun):
         del base_model
     results = build_results(state, final, latency)
     if cfg.export:
-        from .export import export_model
-
         paths = export_model(model.eval(), state.data.example_input(1), list(cfg.export), state.run_dir / "export")
         results["export"] = {k: str(v) for k, v in paths.items()}
     atomic_write_json(state.run_dir / "results.json", results)

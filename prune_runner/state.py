@@ -14,9 +14,9 @@ from .checkpoint import load_checkpoint, model_payload, rebuild_model
 from .config import RunConfig
 from .distributed import DistInfo
 from .errors import UserError
-from .methods import MethodSpec
 from .metrics_log import MetricsLog
-from .train import Precision
+from .pruning import MethodSpec
+from .train import Fast
 
 
 @dataclass
@@ -29,7 +29,7 @@ class RunState:
     spec: MethodSpec
     log: MetricsLog
     console: Console
-    precision: Precision
+    fast: Fast
     input_size: int
     model: Optional[nn.Module] = None
     history: list = field(default_factory=list)  # torch-pruning pruning history of `model`
@@ -63,7 +63,7 @@ class RunState:
 
     def to_device(self, model: nn.Module) -> nn.Module:
         model = model.to(self.device)
-        if self.precision.channels_last:
+        if self.fast.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
 

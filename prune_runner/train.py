@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import StageSchedule
+from .config import FastConfig, StageSchedule
 from .errors import UserError
 
 
@@ -20,9 +20,18 @@ class DivergedError(UserError):
 
 
 @dataclass
-class Precision:
+class Fast:
+    """The run's `fast` settings (config.FastConfig) as they apply on its device."""
+
     amp: bool  # bf16 autocast
     channels_last: bool
+
+    @classmethod
+    def for_device(cls, config: FastConfig, device: torch.device) -> Fast:
+        """A setting left unset (None) is on for CUDA and off elsewhere."""
+        on_cuda = device.type == "cuda"
+        return cls(amp=on_cuda if config.amp is None else config.amp,
+                   channels_last=on_cuda if config.channels_last is None else config.channels_last)
 
     def autocast(self, device: torch.device):
         if not self.amp:
@@ -73,7 +82,7 @@ class _Tally:
         return self.loss_sum.item() / n, self.correct.item() / n
 
 
-def train_epoch(model: nn.Module, batches, opt, scheduler, device: torch.device, precision: Precision, *,
+def train_epoch(model: nn.Module, batches, opt, scheduler, device: torch.device, fast: Fast, *,
                 regularize: Optional[Callable[[], None]] = None,
                 criterion: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> dict:
     """One epoch: forward, loss.backward(), then the regularizer adds its gradients, then opt.step().
@@ -85,9 +94,9 @@ def train_epoch(model: nn.Module, batches, opt, scheduler, device: torch.device,
     model.train()
     tally = _Tally(device)
     for x, y in batches:
-        if precision.channels_last:
+        if fast.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with precision.autocast(device):
+        with fast.autocast(device):
             logits = model(x)
             loss = F.cross_entropy(logits, y) if criterion is None else criterion(x, logits, y)
         opt.zero_grad(set_to_none=True)
@@ -104,14 +113,14 @@ def train_epoch(model: nn.Module, batches, opt, scheduler, device: torch.device,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, device: torch.device, precision: Precision) -> dict:
+def evaluate(model: nn.Module, batches, device: torch.device, fast: Fast) -> dict:
     was_training = model.training
     model.eval()
     tally = _Tally(device)
     for x, y in batches:
-        if precision.channels_last:
+        if fast.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with precision.autocast(device):
+        with fast.autocast(device):
             logits = model(x)
         tally.add(F.cross_entropy(logits.float(), y, reduction="sum"), logits, y)
     model.train(was_training)

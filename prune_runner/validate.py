@@ -10,7 +10,13 @@ from __future__ import annotations
 import math
 
 from .config import STAGES, RunConfig
+from .data import list_datasets
 from .errors import UnknownChoiceError, UserError
+from .export import validate_formats
+from .latency_dtype import check_latency_dtype
+from .models import get_model_spec
+from .models.support import check_supported
+from .pruning import METHODS, NORMALIZERS, check_round_to, resolve_method_defaults
 
 LR_SCHEDULES = ("constant", "cosine", "step")
 RESUME_MODES = ("auto", "overwrite")
@@ -29,11 +35,6 @@ def _non_negative(name: str, value: float) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check `cfg`; return it with the method's defaults filled in (what the run records and hashes)."""
-    from .data import list_datasets
-    from .methods import METHODS, NORMALIZERS
-    from .models.support import check_supported
-    from .models.torchvision_models import get_model_spec
-
     spec = get_model_spec(cfg.model.name)  # raises UnknownChoiceError naming the choices, or "not supported"
     if cfg.dataset.name not in list_datasets():
         raise UnknownChoiceError("dataset", cfg.dataset.name, list_datasets())
@@ -86,15 +87,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     dev = cfg.device
     _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
            f"unknown device '{dev}'; choose one of: auto, cpu, cuda, cuda:N")
-    from .method_defaults import resolve_method_defaults
-
     return resolve_method_defaults(cfg)
 
 
 def _check_latency_options(cfg: RunConfig) -> None:
-    from .latency_dtype import check_latency_dtype
-    from .round_to import check_round_to
-
     p = cfg.prune
     if p.target not in PRUNE_TARGETS:
         raise UnknownChoiceError("prune.target", p.target, PRUNE_TARGETS)
@@ -105,13 +101,11 @@ def _check_latency_options(cfg: RunConfig) -> None:
 
 def _check_dependencies(cfg: RunConfig) -> None:
     """Export formats and the logger exist, and their optional packages are installed."""
-    from .export import validate_formats
-
     if cfg.logger not in LOGGERS:
         raise UnknownChoiceError("logger", cfg.logger, LOGGERS)
     if cfg.logger == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401  (the run imports it at the first log call anyway)
+        try:  # an optional dependency, imported here to see whether it is installed
+            import tensorboard  # noqa: F401  (the run imports it at the first log call)
         except ImportError:
             raise UserError("logger=tensorboard needs the optional dependency: "
                             "pip install 'prune-runner[tensorboard]'") from None

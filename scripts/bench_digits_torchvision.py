@@ -20,7 +20,7 @@ from rich.console import Console
 
 from prune_runner.config import RunConfig, ScheduleConfig, StageSchedule
 from prune_runner.pipeline import run_pipeline
-from prune_runner.provenance import cpu_name
+from prune_runner.report.provenance import cpu_name
 
 DEFAULT_MODELS = "mobilenet_v3_small,efficientnet_b0,squeezenet1_1,regnet_x_400mf"
 

@@ -41,8 +41,8 @@ from prune_runner.data.base import DataOptions  # noqa: E402
 from prune_runner.data.loader_data import data_from_tensors  # noqa: E402
 from prune_runner.data.tensor_data import ImageTensors  # noqa: E402
 from prune_runner.models import build_model  # noqa: E402
-from prune_runner.provenance import cpu_name  # noqa: E402
-from prune_runner.train import Precision, make_optimizer, make_scheduler, train_epoch  # noqa: E402
+from prune_runner.report.provenance import cpu_name  # noqa: E402
+from prune_runner.train import Fast, make_optimizer, make_scheduler, train_epoch  # noqa: E402
 
 NUM_CLASSES = 10
 SIDE = 32  # CIFAR image side, pixels
@@ -203,22 +203,22 @@ class FastPath:
         sync(device)
         self.setup_seconds = time.perf_counter() - start  # one-time upload, not part of any epoch
         on_cuda = device.type == "cuda"
-        self.precision = Precision(amp=on_cuda, channels_last=on_cuda)
-        if self.precision.channels_last:
+        self.fast = Fast(amp=on_cuda, channels_last=on_cuda)
+        if self.fast.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.opt = make_optimizer(model, SCHEDULE)
         self.scheduler = make_scheduler(self.opt, SCHEDULE, self.data.steps_per_epoch(args.batch))
         self.model = torch.compile(model) if args.compile else model
         self.epoch = 0
         self.describe = (f"{type(self.data).__name__} uint8 on {device}, batched crop/flip, train_epoch, "
-                         f"bf16 autocast={self.precision.amp}, channels_last={self.precision.channels_last}, "
+                         f"bf16 autocast={self.fast.amp}, channels_last={self.fast.channels_last}, "
                          f"compile={args.compile}")
 
     def run(self, steps: int, mark_first=None):
         self.epoch += 1
         batches = itertools.islice(self.data.train_batches(self.args.batch, self.epoch, self.args.seed), steps)
         train_epoch(self.model, _after_first_step(batches, mark_first), self.opt, self.scheduler, self.device,
-                    self.precision)
+                    self.fast)
         return None
 
     def warm_up(self, images: int) -> None:

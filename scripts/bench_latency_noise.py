@@ -23,7 +23,7 @@ import torch
 
 from prune_runner.latency import MAX_SPREAD, compare_latency, measure_latency
 from prune_runner.models import build_model
-from prune_runner.provenance import cpu_name
+from prune_runner.report.provenance import cpu_name
 
 BAND = (0.9, 1.1)  # an honest ratio of two identical models lies within this
 
@@ -44,7 +44,7 @@ def _wait_for_busy_phase(t0: float, period: float) -> None:
     time.sleep((2 * period - elapsed % (2 * period)) % (2 * period))
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--batch", type=int, default=8)
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1), help="busy processes of the load")
     ap.add_argument("--period", type=float, default=None,
                     help="seconds per busy (and idle) phase; default: 1.2 x one loaded single-model measurement")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     torch.set_num_threads(1)  # one thread, as a busy machine leaves it; the load takes the rest
     torch.manual_seed(0)

@@ -24,15 +24,19 @@ import time
 
 import torch
 
-from prune_runner.flops import MacCounter
 from prune_runner.latency import compare_latency
-from prune_runner.latency_target import LatencyMeter, LatencyTargetError, prune_to_latency
-from prune_runner.methods import get_method
-from prune_runner.models import build_model
-from prune_runner.models.torchvision_models import get_model_spec
-from prune_runner.provenance import cpu_name
-from prune_runner.pruning import build_pruner, progressive_prune
-from prune_runner.round_to import resolve_round_to
+from prune_runner.models import build_model, get_model_spec
+from prune_runner.pruning import (
+    LatencyTargetError,
+    MacCounter,
+    build_pruner,
+    get_method,
+    progressive_prune,
+    prune_to_latency,
+    resolve_round_to,
+)
+from prune_runner.pruning.latency_target import LatencyMeter
+from prune_runner.report.provenance import cpu_name
 
 NUM_CLASSES = {"cifar": 10, "torchvision": 1000}
 CHECK_SECONDS = 20.0  # an independent measurement lasts about this long (at least 6, at most 100 pairs)
@@ -86,7 +90,7 @@ def check(row: dict, batch: int) -> dict:
     return compare_latency(row["base"], row["pruned"], shape, "cpu", (batch,), warmup=warmup, repeats=repeats)[batch]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["resnet56", "mobilenet_v2"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 64])
@@ -95,7 +99,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verbose", action="store_true", help="print every latency measurement while pruning")
     ap.add_argument("--round-to", default=None, help="prune.round_to for every run: an integer or auto")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     round_to = int(args.round_to) if args.round_to not in (None, "auto") else args.round_to
     t0 = time.perf_counter()

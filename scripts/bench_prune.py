@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from prune_runner.flops import MacCounter
 from prune_runner.models import build_model
-from prune_runner.models.pruning_hints import pruning_hints
+from prune_runner.pruning.hints import pruning_hints
+from prune_runner.pruning.macs import MacCounter
 
 TARGET_SPEEDUP = 2.5  # base MACs / current MACs
 NUM_CLASSES = 10

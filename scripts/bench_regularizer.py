@@ -1,4 +1,4 @@
-"""Training-step cost of sparse-training regularizers: ours (prune_runner.regularizers) vs torch-pruning's.
+"""Training-step cost of sparse-training regularizers: ours (prune_runner.pruning.regularizers) vs torch-pruning's.
 
 One process, one model at a time; the variants (plain step, plain + each regularizer) are interleaved
 step by step so that machine noise hits them alike. Prints median step time ratios vs the plain step,
@@ -25,9 +25,9 @@ import torch_pruning as tp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prune_runner.models import build_model, get_model_spec  # noqa: E402
-from prune_runner.models.pruning_hints import pruning_hints  # noqa: E402
-from prune_runner.provenance import cpu_name  # noqa: E402
-from prune_runner.regularizers import build_regularizer  # noqa: E402
+from prune_runner.pruning.hints import pruning_hints  # noqa: E402
+from prune_runner.pruning.regularizers import build_regularizer  # noqa: E402
+from prune_runner.report.provenance import cpu_name  # noqa: E402
 
 DEFAULT_MODELS = "resnet56,resnet18,vgg19_bn,mobilenet_v2,vit_b_16"
 NUM_CLASSES = 10

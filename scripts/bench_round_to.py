@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from prune_runner.latency import _inner_count, _sample_ms
 from prune_runner.latency_dtype import LATENCY_DTYPES
-from prune_runner.provenance import cpu_name
+from prune_runner.report.provenance import cpu_name
 
 MULTIPLES = (1, 2, 4, 8, 16, 32)
 
@@ -83,7 +83,7 @@ def choose(throughput: dict, gain: float) -> tuple[int, dict]:
     return chosen, fits
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="fp32", choices=sorted(LATENCY_DTYPES))
@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs=2, default=(48, 80), help="first and last width (inclusive)")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--gain", type=float, default=0.1)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     device, dtype = torch.device(args.device), LATENCY_DTYPES[args.dtype]
     widths = list(range(args.widths[0], args.widths[1] + 1))
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"

@@ -57,6 +57,32 @@ def run_cli(args, cwd: Path) -> Done:
     return Done(code, out.getvalue(), err.getvalue())
 
 
+def run_main(main, args) -> Done:
+    """A command's `main(argv)` in this process (prune-report, the scripts): its exit code and output."""
+    out, err = io.StringIO(), io.StringIO()
+    threads = torch.get_num_threads()
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args]) or 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        torch.set_num_threads(threads)  # scripts set their own thread count
+    return Done(code, out.getvalue(), err.getvalue())
+
+
+def script_main(name: str):
+    """`main` of scripts/<name>.py, loaded as a module (the scripts are files, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.main
+
+
 def run_subprocess(args, cwd: Path, timeout: float = 600, env: dict | None = None,
                    module: str = "prune_runner.cli", command: list | None = None) -> subprocess.CompletedProcess:
     """A new interpreter: for what only a process shows (exit status, stderr as a whole, the console script)."""

@@ -11,10 +11,10 @@ import torch.nn as nn
 from prune_runner.bn_recal import batches_for, recalibrate_bn
 from prune_runner.data import build_data
 from prune_runner.models import build_model
-from prune_runner.train import Precision
+from prune_runner.train import Fast
 
 CPU = torch.device("cpu")
-FP32 = Precision(amp=False, channels_last=False)
+FP32 = Fast(amp=False, channels_last=False)
 
 
 def _digits():

@@ -1,5 +1,5 @@
 """One value, one place: the YAML groups in conf/ name exactly the registered components, and each method's
-regularizer defaults live in prune_runner/regularizers.py only, reaching a run unchanged from the YAML."""
+regularizer defaults live in prune_runner/pruning/regularizers.py only, reaching a run unchanged from the YAML."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from omegaconf import OmegaConf
 import prune_runner.cli  # noqa: F401  registers the RunConfig schema
 from prune_runner.config import MethodConfig, RunConfig
 from prune_runner.data import list_datasets
-from prune_runner.methods import get_method, list_methods
 from prune_runner.models import list_models
 from prune_runner.pruning import build_pruner
-from prune_runner.regularizers import CONFIG_OPTIONS, REGULARIZERS, method_defaults, regularizer_from_config
+from prune_runner.pruning.methods import get_method, list_methods
+from prune_runner.pruning.regularizers import CONFIG_OPTIONS, REGULARIZERS, method_defaults, regularizer_from_config
 from prune_runner.validate import validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

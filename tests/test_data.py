@@ -13,7 +13,7 @@ from PIL import Image
 
 from prune_runner.data import DATASETS, Data, build_data, list_datasets
 from prune_runner.data import cifar as cifar_module
-from prune_runner.data.base import DataOptions
+from prune_runner.data.base import EPOCH_STRIDE, STREAMS_PER_SEED, DataOptions, epoch_generator, stream_seed
 from prune_runner.data.digits import load_digits_tensors
 from prune_runner.data.tensor_data import ImageTensors, TensorData, resize_images
 from prune_runner.errors import UnknownChoiceError, UserError
@@ -96,6 +96,23 @@ def test_train_batches_reproducible_per_seed_and_epoch():
     assert not torch.equal(y0, y2) and not torch.equal(x0, x2)
     _, y3 = epoch_of(first, 64, epoch=3, seed=8)
     assert not torch.equal(y0, y3)
+
+
+def test_every_seed_draws_its_own_stream_and_every_stage_its_own():
+    """Generator seeds: distinct across run seeds at one stream and epoch (all 2^32 seeds, not only small
+    ones), and across the streams and epochs of one run."""
+    def generator_seed(seed, stream, epoch):
+        return epoch_generator(stream_seed(seed, stream), epoch).initial_seed()
+
+    assert (STREAMS_PER_SEED * EPOCH_STRIDE) % 2 == 1  # odd: seed -> seed * it mod 2^32 is a permutation
+    sampled = torch.randint(0, 2**32, (2000,), generator=torch.Generator().manual_seed(0)).tolist()
+    seeds = [0, 1, 4293, 4294, 4295, 2**31, 2**32 - 1, *sampled]
+    for stream, epoch in [(0, 0), (1, 7), (5, 999)]:
+        drawn = {generator_seed(s, stream, epoch) for s in set(seeds)}
+        assert len(drawn) == len(set(seeds))
+    for seed in (0, 4294, 2**32 - 1):
+        drawn = {generator_seed(seed, stream, epoch) for stream in range(6) for epoch in range(300)}
+        assert len(drawn) == 6 * 300
 
 
 def test_augmentation_changes_images_keeps_labels():

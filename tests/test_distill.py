@@ -12,7 +12,7 @@ import torch.nn as nn
 from prune_runner.config import RunConfig
 from prune_runner.distill import Distiller, distill_loss
 from prune_runner.records import StageInputs, config_hash, own_config, teacher_key, teacher_record
-from prune_runner.train import Precision, train_epoch
+from prune_runner.train import Fast, train_epoch
 
 CPU = torch.device("cpu")
 
@@ -49,7 +49,7 @@ def test_teacher_never_receives_gradients_and_stays_in_eval_mode():
     batches = [(torch.randn(6, 4), torch.randint(0, 3, (6,))) for _ in range(3)]
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    train_epoch(student, batches, opt, sched, CPU, Precision(False, False), criterion=kd)
+    train_epoch(student, batches, opt, sched, CPU, Fast(False, False), criterion=kd)
     assert not teacher.training
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before_t.items())

@@ -82,7 +82,7 @@ def test_results_table_and_json_show_the_spread_and_flag_noise():
 
     from rich.console import Console
 
-    from prune_runner.results import _latency_summary, print_results
+    from prune_runner.report.results import _latency_summary, print_results
 
     compare = {1: {"base_ms": 2.0, "final_ms": 1.0, "ratio": 2.0, "ratio_q1": 1.9, "ratio_q3": 2.1,
                    "spread": 0.1, "noisy": False},

@@ -12,18 +12,19 @@ import torch.nn as nn
 
 from prune_runner.config import RunConfig
 from prune_runner.errors import UnknownChoiceError, UserError
-from prune_runner.flops import MacCounter
-from prune_runner.latency_target import (
+from prune_runner.pruning import (
+    ROUND_TO,
     LatencyTargetError,
-    Measurement,
-    StoppingRule,
+    MacCounter,
+    build_pruner,
+    check_round_to,
+    get_method,
+    progressive_prune,
     prune_to_latency,
-    run_to_target,
+    resolve_round_to,
 )
-from prune_runner.methods import get_method
-from prune_runner.pruning import build_pruner, progressive_prune
+from prune_runner.pruning.latency_target import Measurement, StoppingRule, run_to_target
 from prune_runner.records import StageInputs, own_config
-from prune_runner.round_to import ROUND_TO, check_round_to, resolve_round_to
 
 
 def fake_timer(ratios):
@@ -182,9 +183,9 @@ def test_results_and_report_show_macs_and_latency_speed_ups_side_by_side(tmp_pat
 
     from rich.console import Console
 
-    from prune_runner.plots import tradeoff_figure
     from prune_runner.report import aggregate, format_row
-    from prune_runner.results import _latency_summary, print_results
+    from prune_runner.report.plots import tradeoff_figure
+    from prune_runner.report.results import _latency_summary, print_results
 
     compare = {bs: {"base_ms": 2.0, "final_ms": 1.0, "ratio": r, "ratio_q1": r - 0.05, "ratio_q3": r + 0.05,
                     "spread": 0.07, "noisy": False} for bs, r in ((1, 1.52), (64, 1.9))}
@@ -211,7 +212,7 @@ def test_the_meter_compares_a_frozen_copy_of_the_unpruned_model_with_the_current
     """With a fake clock (the base model's samples take 3 ms, any other 2 ms): the ratio is 1.5, the meter's
     copy does not follow the model as it is pruned, and the model keeps its training flag."""
     from prune_runner import latency
-    from prune_runner.latency_target import LatencyMeter
+    from prune_runner.pruning.latency_target import LatencyMeter
 
     model = _tiny_net().train()
     meter = LatencyMeter(model, (3, 8, 8), torch.device("cpu"), "fp32", 2, 1.5)
@@ -224,7 +225,7 @@ def test_the_meter_compares_a_frozen_copy_of_the_unpruned_model_with_the_current
 
 
 def test_a_jump_far_past_the_target_is_reported():
-    from prune_runner.latency_target import Outcome, overshoot
+    from prune_runner.pruning.latency_target import Outcome, overshoot
 
     def m(step, ratio, confirmation=False):
         return Measurement(step, 1 + step / 10, ratio, ratio, ratio, 0.0, confirmation)

@@ -7,8 +7,9 @@ from inprocess import tiny_config
 
 from prune_runner.cli import preflight
 from prune_runner.errors import UserError
+from prune_runner.models import get_model_spec
 from prune_runner.models.support import NOT_SUPPORTED, ModelNotSupportedError
-from prune_runner.models.torchvision_models import get_model_spec, torchvision_model_names
+from prune_runner.models.torchvision_models import torchvision_model_names
 from prune_runner.pipeline import run_pipeline
 
 

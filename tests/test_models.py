@@ -8,9 +8,8 @@ import torch.nn as nn
 import torchvision
 
 from prune_runner.errors import UnknownChoiceError, UserError
-from prune_runner.models import MODELS, build_model, list_models, register_model
-from prune_runner.models.pruning_hints import pruning_hints
-from prune_runner.models.torchvision_models import get_model_spec
+from prune_runner.models import MODELS, build_model, get_model_spec, list_models, register_model
+from prune_runner.pruning.hints import pruning_hints
 
 CIFAR_MODELS = list_models(family="cifar")
 

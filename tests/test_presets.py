@@ -20,9 +20,9 @@ from omegaconf import OmegaConf
 
 import prune_runner.cli  # noqa: F401  registers the run-dir resolvers and the RunConfig schema
 from prune_runner.config import RunConfig
-from prune_runner.methods import get_method
 from prune_runner.models import build_model, get_model_spec
 from prune_runner.pruning import build_pruner
+from prune_runner.pruning.methods import get_method
 from prune_runner.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]

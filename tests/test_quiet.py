@@ -15,7 +15,7 @@ from inprocess import tiny_config
 from rich.console import Console
 
 from prune_runner.pipeline import run_pipeline
-from prune_runner.results import chance_warning
+from prune_runner.report.results import chance_warning
 
 
 def test_prune_prints_a_line_per_step_and_a_chance_run_warns(tmp_path):

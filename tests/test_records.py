@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
-from prune_runner.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from prune_runner.checkpoint import load_checkpoint, save_checkpoint
 from prune_runner.errors import CheckpointError, UserError
+from prune_runner.files import atomic_write_bytes
 from prune_runner.records import StageDir
 
 

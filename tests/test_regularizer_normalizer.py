@@ -15,7 +15,7 @@ import torch
 import torch_pruning as tp
 from test_regularizers import grads_of, library_pruner, pair, randomized, set_grads
 
-from prune_runner.regularizers import build_regularizer
+from prune_runner.pruning.regularizers import build_regularizer
 
 
 def _ours_with(normalizer):

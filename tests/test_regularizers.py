@@ -12,7 +12,7 @@ from torch import nn
 
 from prune_runner.errors import UserError
 from prune_runner.models import build_model
-from prune_runner.regularizers import REGULARIZERS, build_regularizer
+from prune_runner.pruning.regularizers import REGULARIZERS, build_regularizer
 
 torch.set_num_threads(1)
 SIZE = 8  # input side, pixels: tiny so that tracing and steps stay fast
@@ -277,6 +277,19 @@ def test_growing_reg_state_round_trip():
     fresh.refresh()  # an epoch start keeps the state when the structure is unchanged
     torch.testing.assert_close(fresh.reg, reg.reg, rtol=0, atol=0)
     assert fresh.stats()["reg_max"] > 0.05
+
+
+def test_epoch_end_grows_growing_reg_only_when_it_grows_per_epoch():
+    model = randomized("resnet")
+    pruner = library_pruner(tp.pruner.GrowingRegPruner, model)
+    per_epoch = build_regularizer("growing_reg", model, pruner, reg=0.05, delta_reg=0.1)  # update_every 0
+    per_epoch.epoch_end()
+    assert float(per_epoch.reg.max()) > 0.05
+    per_step = build_regularizer("growing_reg", model, pruner, reg=0.05, delta_reg=0.1, update_every=3)
+    per_step.epoch_end()
+    assert torch.all(per_step.reg == 0.05)
+    group_norm = build_regularizer("group_norm", model, pruner)
+    group_norm.epoch_end()  # nothing grows: a no-op every regularizer offers
 
 
 @pytest.mark.parametrize("name", ["resnet", "vgg", "dense"])

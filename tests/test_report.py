@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_main
 
+from prune_runner import report_cli
 from prune_runner.errors import UserError
-from prune_runner.plots import plot_importance, plot_tradeoff
 from prune_runner.report import aggregate, load_reference, scan_runs, write_report
+from prune_runner.report.plots import plot_importance, plot_tradeoff
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -201,17 +200,11 @@ def test_plot_importance_histograms(tmp_path: Path):
     assert plot_importance({}, tmp_path / "empty.png", "empty").exists()
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "prune_runner.report_cli", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=120,
-    )
+def run_cli(*args: str):
+    """prune-report ARGS in this process (its main returns the exit code), 200 columns wide."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COLUMNS", "200")  # long paths stay on one line
+        return run_main(report_cli.main, args)
 
 
 def test_cli_writes_report(tree: Path, tmp_path: Path):
@@ -238,9 +231,9 @@ def test_cli_missing_and_empty_dir(tmp_path: Path):
 def test_tradeoff_with_26_series_stays_within_the_figure(tmp_path: Path):
     """8 models with 3 or 4 methods each: every panel, label and the legend lie inside the figure, and
     each method has its own colour and marker, the same in every panel."""
-    from prune_runner.methods import list_methods
-    from prune_runner.plots import method_styles, tradeoff_figure
+    from prune_runner.pruning.methods import list_methods
     from prune_runner.report import Stat
+    from prune_runner.report.plots import method_styles, tradeoff_figure
 
     methods = list_methods()
     pairs = [("cifar10", "resnet56"), ("cifar100", "vgg19_bn")] + [("digits", f"model_{i}") for i in range(6)]

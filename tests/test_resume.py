@@ -38,17 +38,20 @@ def _kill_when(args, cwd: Path, marker: Path, timeout: float = 300) -> None:
     proc.wait()
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("kill_in", [
+    ("finetune",),  # resumes a stage whose model is rebuilt from the upstream pruning record
+    pytest.param(("sparse_train", "finetune"), marks=pytest.mark.slow),  # two kills, two resumed stages
+])
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path, kill_in):
     straight = tmp_path / "straight"
     proc = run_cli([*ARGS, f"run_dir={straight}", f"out_root={tmp_path / 'out_a'}"], cwd=tmp_path)  # in process
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     killed = tmp_path / "killed"
     args = [*ARGS, f"run_dir={killed}", f"out_root={tmp_path / 'out_b'}"]
-    _kill_when(args, tmp_path, killed / "sparse_train" / "epoch_0000.json")
-    assert not (killed / "sparse_train" / "done.json").exists()
-    _kill_when(args, tmp_path, killed / "finetune" / "epoch_0000.json")
-    assert not (killed / "finetune" / "done.json").exists()
+    for stage in kill_in:  # SIGKILL once the stage's first epoch checkpoint exists, before it finishes
+        _kill_when(args, tmp_path, killed / stage / "epoch_0000.json")
+        assert not (killed / stage / "done.json").exists()
     proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pretrain: finished earlier, skipped" in proc.stdout

@@ -12,21 +12,21 @@ import torch
 import torch.nn.functional as F
 
 from prune_runner.checkpoint import load_checkpoint, model_payload, rebuild_model, save_checkpoint
-from prune_runner.flops import MacCounter
-from prune_runner.methods import get_method, list_methods
 from prune_runner.models import MODELS, build_model, list_models
 from prune_runner.models.support import method_unsupported_reason
 from prune_runner.pruning import ObdcCalibration, build_pruner, grad_calibration, progressive_prune
-from prune_runner.regularizers import build_regularizer
+from prune_runner.pruning.macs import MacCounter
+from prune_runner.pruning.methods import get_method, list_methods
+from prune_runner.pruning.regularizers import build_regularizer
 
 CIFAR_MODELS = list_models(family="cifar")
 # the smallest registered model of each architecture family, keyed by the module that registers the family
 ONE_PER_FAMILY = {"cifar_resnet": "resnet20", "cifar_vgg": "vgg11_bn", "cifar_densenet": "densenet_cifar",
                   "cifar_mobilenetv2": "mobilenetv2_cifar", "torchvision_models": "vit_b_16"}
-INPUT_SIDE = {"vit_b_16": 224}  # ViT's position embedding fixes its input side
-
-
-# ViT-B/16 (86M parameters at 224 px) costs ~10 s per method on 2 CPU cores: one method by default
+# ViT's position embedding fixes its input side at build time. The default matrix builds ViT-B/16 for 32 px
+# (a 2x2 patch grid: every width the same as at 224 px, a fiftieth of the tokens); the slow matrix at 224 px
+SLOW_INPUT_SIDE = {"vit_b_16": 224}
+# ViT-B/16 (86M parameters) still costs seconds per method to build and prune: one method by default
 DEFAULT_VIT_METHODS = ("l1",)
 
 
@@ -45,20 +45,19 @@ def test_the_default_matrix_covers_every_architecture_family():
 
 @pytest.mark.parametrize(("model_name", "method"), _cases(ONE_PER_FAMILY.values(), DEFAULT_VIT_METHODS))
 def test_model_method(model_name, method, tmp_path):
-    smoke(model_name, method, tmp_path)
+    smoke(model_name, method, tmp_path, side=32)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("model_name", "method"), _cases([*CIFAR_MODELS, "vit_b_16"]))
 def test_every_model_method(model_name, method, tmp_path):
-    smoke(model_name, method, tmp_path)
+    smoke(model_name, method, tmp_path, side=SLOW_INPUT_SIDE.get(model_name, 32))
 
 
-def smoke(model_name, method, tmp_path):
+def smoke(model_name, method, tmp_path, side: int):
     torch.manual_seed(0)
     spec = get_method(method)
-    model = build_model(model_name, 10)
-    side = INPUT_SIDE.get(model_name, 32)
+    model = build_model(model_name, 10, input_size=side)
     x = torch.randn(4, 3, side, side)
     y = torch.arange(4) % 10
     pruner = build_pruner(model, x[:1], spec, 10, steps=8)  # big steps: few group rebuilds

@@ -1,4 +1,5 @@
-"""Every torchvision classification model by name (slow): it is pruned, or refused with one line.
+"""Every torchvision classification model by name (`make test-walk`, about an hour on 2 CPU cores): it is
+pruned, or refused with one line.
 
 For each name in torchvision.models.list_models(module=torchvision.models):
   - a name in the "not supported" table raises that one-line error, and nothing is built;
@@ -17,9 +18,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from prune_runner.flops import MacCounter
-from prune_runner.methods import get_method
-from prune_runner.models import MODELS, build_model
+from prune_runner.models import MODELS, build_model, get_model_spec
 from prune_runner.models.support import (
     LINEAR_ON_TOKENS,
     NO_BATCHNORM,
@@ -27,8 +26,10 @@ from prune_runner.models.support import (
     model_unsupported_reason,
     name_matches,
 )
-from prune_runner.models.torchvision_models import get_model_spec, torchvision_model_names
+from prune_runner.models.torchvision_models import torchvision_model_names
 from prune_runner.pruning import build_pruner, progressive_prune
+from prune_runner.pruning.macs import MacCounter
+from prune_runner.pruning.methods import get_method
 
 INPUT_SIZE = {"inception_v3": 96, "vit_h_14": 56}  # pixels; 64 for the others
 NAMES = [n for n in torchvision_model_names() if n not in MODELS or n in MODELS and
@@ -47,7 +48,7 @@ def _linear_sees_tokens(model: nn.Module, x: torch.Tensor) -> bool:
     return any(d > 2 for d in seen)
 
 
-@pytest.mark.slow
+@pytest.mark.walk
 @pytest.mark.parametrize("name", NAMES)
 def test_torchvision_model_prunes_or_is_refused(name):
     if model_unsupported_reason(name) is not None:

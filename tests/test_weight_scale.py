@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from prune_runner.bn_recal import conv_bn_pairs, recalibrate_bn, restore_weight_scale
-from prune_runner.train import Precision
+from prune_runner.train import Fast
 
 
 def _net():
@@ -19,7 +19,7 @@ def _net():
         net[0].weight.mul_(0.03)  # what strong sparse training leaves: small surviving filters
         net[0].weight[5].mul_(1e-9)  # and a near-zero one
     batches = [(torch.randn(16, 3, 8, 8), None) for _ in range(8)]
-    recalibrate_bn(net, batches, torch.device("cpu"), Precision(False, False))  # stats that match the weights
+    recalibrate_bn(net, batches, torch.device("cpu"), Fast(False, False))  # stats that match the weights
     return net.eval()
 
 

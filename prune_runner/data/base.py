@@ -93,15 +93,26 @@ class Data(ABC):
         )
 
 
+STREAMS_PER_SEED = 7919  # a prime above the number of data streams one run draws (one per stage, and one more)
 EPOCH_STRIDE = 1_000_003  # a prime above any epoch count
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """CPU generator for one (seed, epoch): the same pair always gives the same stream.
+def stream_seed(seed: int, stream: int) -> int:
+    """The data seed of stream `stream` (< STREAMS_PER_SEED) of a run of seed `seed`: each stage trains on
+    its own stream, so no two stages of a run see the same shuffles, and each seed has its own streams."""
+    return seed * STREAMS_PER_SEED + stream
 
-    The CPU generator (mt19937) keeps only the low 32 bits of its seed, so the pair is packed into
-    32 bits as seed * EPOCH_STRIDE + epoch: distinct for seeds below 4294 and epochs below
-    EPOCH_STRIDE. CPU so that the stream is identical whichever device the batches go to.
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """CPU generator for one (data seed, epoch): the same pair always gives the same stream.
+
+    The CPU generator (mt19937) keeps only the low 32 bits of its seed, and gets
+    (seed * EPOCH_STRIDE + epoch) mod 2^32. For a data seed from `stream_seed`, that is
+    run seed * (STREAMS_PER_SEED * EPOCH_STRIDE) + stream * EPOCH_STRIDE + epoch, and the product of the two
+    primes is odd, so multiplying by it permutes the 32-bit numbers: at a given stream and epoch, every run
+    seed in [0, 2^32) (all that validate allows) draws its own stream. Within one run, the streams and epochs
+    give distinct values (stream * EPOCH_STRIDE + epoch < 2^32). CPU so that the stream is identical
+    whichever device the batches go to.
     """
     generator = torch.Generator(device="cpu")
     generator.manual_seed((seed * EPOCH_STRIDE + epoch) % 2**32)

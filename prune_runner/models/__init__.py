@@ -1,43 +1,38 @@
-"""Model registry: name -> ModelSpec. `build_model` is the one way to build a model.
+"""Model registry: name -> ModelSpec. `get_model_spec` is the one lookup and `build_model` the one way to
+build a model.
 
-CIFAR models are registered by their modules (imported below); any torchvision
+CIFAR models are registered by their modules (imported below for that); any torchvision
 classification model is also accepted by name (e.g. resnet50, mobilenet_v2, vit_b_16).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, List
+from typing import List
 
 import torch.nn as nn
 
-from ..registry import Registry
+from ..errors import UnknownChoiceError
+from . import cifar_densenet, cifar_mobilenetv2, cifar_resnet, cifar_vgg  # noqa: F401  (their registrations)
+from .registry import MODELS, ModelSpec, register_model
+from .support import ModelNotSupportedError, model_unsupported_reason
+from .torchvision_models import torchvision_model_names, torchvision_spec
+
+__all__ = ["MODELS", "ModelSpec", "build_model", "get_model_spec", "list_models", "register_model"]
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    builder: Callable[..., nn.Module]  # builder(num_classes, pretrained=False) -> model
-    input_size: int  # default square input side, pixels (32 for CIFAR nets, 224 for ImageNet nets)
-    family: str  # "cifar" or "torchvision"
-
-
-MODELS: Registry[ModelSpec] = Registry("model")
-
-
-def register_model(name: str, input_size: int = 32, family: str = "cifar"):
-    """Decorator for a builder `fn(num_classes, pretrained=False) -> nn.Module`."""
-
-    def add(fn):
-        MODELS.add(name, ModelSpec(name, fn, input_size, family))
-        return fn
-
-    return add
-
-
-# Filled in by the model modules; imported for their registrations.
-from . import cifar_densenet, cifar_mobilenetv2, cifar_resnet, cifar_vgg, torchvision_models  # noqa: E402,F401
-from .torchvision_models import get_model_spec  # noqa: E402
+def get_model_spec(name: str) -> ModelSpec:
+    """The registered model `name`, else the torchvision classification model of that name (the registry
+    wins: the CIFAR VGGs `vgg*_bn` shadow torchvision's). A model this project cannot prune is refused
+    with its reason; an unknown name lists the choices."""
+    if name in MODELS:
+        return MODELS.get(name)
+    available = torchvision_model_names()
+    if name in available:
+        reason = model_unsupported_reason(name)
+        if reason is not None:
+            raise ModelNotSupportedError(f"model '{name}' is not supported: {reason}")
+        return torchvision_spec(name)
+    raise UnknownChoiceError("model", name, set(MODELS.names()) | set(available))
 
 
 def list_models(family: str | None = None) -> List[str]:

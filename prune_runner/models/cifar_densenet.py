@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import register_model
 from .cifar_resnet import reject_pretrained
+from .registry import register_model
 
 
 class DenseLayer(nn.Module):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import register_model
 from .cifar_resnet import reject_pretrained
+from .registry import register_model
 
 # (expansion t, output channels c, repeats n, stride of the first repeat s); ImageNet strides
 # are 1,2,2,2,1,2,1 - the second stage keeps stride 1 here for 32x32 inputs.

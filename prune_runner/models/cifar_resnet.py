@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from . import register_model
+from .registry import register_model
 
 
 def reject_pretrained(name: str, pretrained: bool) -> None:

@@ -5,7 +5,7 @@ classifier is Linear(512, 512) -> ReLU -> Linear(512, num_classes).
 
 Names: `vgg11_bn`, `vgg13_bn`, `vgg16_bn`, `vgg19_bn` are these CIFAR models. torchvision has
 ImageNet models of the same names; the registry wins, and the torchvision fallback in
-`torchvision_models.get_model_spec` only covers names that are not registered, so the ImageNet
+`models.get_model_spec` only covers names that are not registered, so the ImageNet
 VGGs are not reachable by those names (use another torchvision model or register a new name).
 """
 
@@ -16,8 +16,8 @@ from typing import List, Union
 import torch
 import torch.nn as nn
 
-from . import register_model
 from .cifar_resnet import reject_pretrained
+from .registry import register_model
 
 # Output channels of each 3x3 conv; "M" is a 2x2 max pool.
 VGG_LAYOUTS = {

@@ -1,8 +1,9 @@
 """torchvision ImageNet classifiers, by name.
 
 resnet18, resnet50, mobilenet_v2 and vit_b_16 are registered explicitly; any other name from
-`torchvision.models.list_models(module=torchvision.models)` gets a ModelSpec built on the fly,
-unless the registry already holds that name (the CIFAR VGGs `vgg*_bn` shadow torchvision's).
+`torchvision.models.list_models(module=torchvision.models)` gets a ModelSpec built on the fly
+(`torchvision_spec`, called by `models.get_model_spec`), unless the registry already holds that name
+(the CIFAR VGGs `vgg*_bn` shadow torchvision's).
 
 `pretrained=True` loads torchvision's DEFAULT weights (a download on first use, cached by torch
 hub). With `num_classes != 1000` the 1000-class head is replaced after loading by a freshly
@@ -16,9 +17,8 @@ from typing import List
 import torch.nn as nn
 import torchvision
 
-from ..errors import UnknownChoiceError, UserError
-from . import MODELS, ModelSpec
-from .support import ModelNotSupportedError, model_unsupported_reason
+from ..errors import UserError
+from .registry import MODELS, ModelSpec
 
 IMAGENET_CLASSES = 1000
 EXPLICIT_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "vit_b_16")
@@ -93,7 +93,7 @@ def _default_input_size(name: str) -> int:
         return 224
 
 
-def _torchvision_spec(name: str, input_size: int | None = None) -> ModelSpec:
+def torchvision_spec(name: str, input_size: int | None = None) -> ModelSpec:
     def build(num_classes: int, pretrained: bool = False, input_size: int | None = None) -> nn.Module:
         return build_torchvision_model(name, num_classes, pretrained, input_size)
 
@@ -103,16 +103,4 @@ def _torchvision_spec(name: str, input_size: int | None = None) -> ModelSpec:
 
 
 for _name in EXPLICIT_MODELS:
-    MODELS.add(_name, _torchvision_spec(_name, input_size=224))
-
-
-def get_model_spec(name: str) -> ModelSpec:
-    if name in MODELS:
-        return MODELS.get(name)
-    available = torchvision_model_names()
-    if name in available:
-        reason = model_unsupported_reason(name)
-        if reason is not None:
-            raise ModelNotSupportedError(f"model '{name}' is not supported: {reason}")
-        return _torchvision_spec(name)
-    raise UnknownChoiceError("model", name, set(MODELS.names()) | set(available))
+    MODELS.add(_name, torchvision_spec(_name, input_size=224))

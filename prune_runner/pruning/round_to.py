@@ -14,7 +14,7 @@ from typing import Optional, Union
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass(frozen=True)

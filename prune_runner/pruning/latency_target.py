@@ -25,19 +25,17 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .errors import UserError
-from .latency import MAX_SPREAD, compare_latency
-from .latency_dtype import LATENCY_DTYPES, as_deployed, device_name
-from .models.pruning_hints import sync_after_pruning
-
-if TYPE_CHECKING:
-    from .flops import MacCounter
+from ..errors import UserError
+from ..latency import MAX_SPREAD, compare_latency
+from ..latency_dtype import LATENCY_DTYPES, as_deployed, device_name, resolve_latency_dtype
+from .hints import sync_after_pruning
+from .macs import MacCounter
 
 SAMPLE_S = 0.02  # a timed sample lasts at least this long (several scheduler slices on a shared machine)
 MAX_INNER = 100  # forwards per sample at most
@@ -244,7 +242,7 @@ def overshoot(outcome: Outcome, target: float) -> Optional[str]:
             "some widths leave a kernel's fast path; prune.round_to=auto keeps them on it")
 
 
-def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: "MacCounter", target: float,
+def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: MacCounter, target: float,
                      meter: LatencyMeter, *, calibrate: Optional[Callable[[], None]] = None,
                      describe: str = "model", on_step: Optional[Callable[[int, int, float], None]] = None,
                      say: Callable[[str], None] = lambda text: None) -> dict:
@@ -311,9 +309,6 @@ def prune_to_latency_in_run(state, model: nn.Module, pruner: tp.pruner.BasePrune
                             on_step: Callable[[int, int, float], None]) -> dict:
     """The prune stage's latency target: measured on the run's device, at prune.latency_batch, in
     eval.latency_dtype, against a copy of the model as it enters the stage."""
-    from .flops import MacCounter
-    from .latency_dtype import resolve_latency_dtype
-
     cfg = state.cfg
     dtype = resolve_latency_dtype(cfg.eval.latency_dtype, state.device)
     meter = LatencyMeter(model, (3, state.input_size, state.input_size), state.device, dtype,

@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Dict
 
-from .config import RunConfig
+from ..config import RunConfig
+from .methods import get_method
+from .regularizers import method_defaults as regularizer_defaults
 
 # method -> {MethodConfig key: value} for the short schedules. Every other schedule takes the regularizer's
-# own defaults (prune_runner/regularizers.py: the reference values, one source). The short schedules'
+# own defaults (prune_runner/pruning/regularizers.py: the reference values, one source). The short schedules'
 # values are sized by the shrinkage they cause over the demo's sparse training: 10 epochs x 22 steps at a
 # mean lr of 0.01, x10 for SGD momentum 0.9, i.e. ~22 * coefficient. scripts/study_digits.py measures them
 # (STUDY.md). `tiny` (1 sparse epoch, for smoke runs) uses the same values: too short to reach near zero,
@@ -33,9 +35,6 @@ METHOD_DEFAULTS: Dict[str, Dict[str, dict]] = {
 
 def method_defaults(method: str, schedule: str) -> dict:
     """The method.* values a run of `method` under `schedule` uses when the config leaves them unset."""
-    from .methods import get_method
-    from .regularizers import method_defaults as regularizer_defaults
-
     regularizer = get_method(method).regularizer
     if regularizer is None:
         return {}  # nothing reads them: they stay None

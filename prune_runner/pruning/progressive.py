@@ -9,10 +9,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from .errors import UserError
-from .flops import MacCounter
+from ..errors import UserError
+from .groups import dependency_groups
+from .hints import pruning_hints, sync_after_pruning
+from .macs import MacCounter
 from .methods import MethodSpec
-from .models.pruning_hints import pruning_hints, sync_after_pruning
 
 
 class PruningTargetError(UserError):
@@ -75,8 +76,7 @@ class ObdcCalibration:
     def _layers(self) -> list:
         out_fns = (tp.pruner.function.prune_conv_out_channels, tp.pruner.function.prune_linear_out_channels)
         layers = []
-        for group in self.pruner.DG.get_all_groups(ignored_layers=self.pruner.ignored_layers,
-                                                   root_module_types=self.pruner.root_module_types):
+        for group in dependency_groups(self.pruner):
             for dep, _ in group:
                 layer = dep.target.module
                 if isinstance(layer, tuple(self.imp.target_types)) and dep.handler in out_fns and layer not in layers:
@@ -114,8 +114,7 @@ class ObdcCalibration:
                 imp.Fisher[layer] = imp.Fisher[layer][:, :-1]
         # OBDCImportance reads Fisher[layer] for every conv/linear of a group before it checks the
         # layer's role; the ones without statistics (e.g. depthwise convs) are never scored: a placeholder
-        for group in self.pruner.DG.get_all_groups(ignored_layers=self.pruner.ignored_layers,
-                                                   root_module_types=self.pruner.root_module_types):
+        for group in dependency_groups(self.pruner):
             for dep, _ in group:
                 layer = dep.target.module
                 if isinstance(layer, tuple(imp.target_types)) and layer not in imp.Fisher:

@@ -13,13 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import open_temp
+from ..files import atomic_path
+from .reference import load_reference
 
 LOG_X_SPREAD = 1e3  # use a log x-axis when max / smallest positive value exceeds this (3 decades)
 HIST_BINS = 50
 
 
 def _new_figure(size: tuple[float, float] = (7.0, 4.5)):
+    # matplotlib here, not at the top: it takes about a second to import, and every prune-run imports this
+    # module (the prune stage draws sparsity.png) but draws one figure at most
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -29,18 +32,10 @@ def _new_figure(size: tuple[float, float] = (7.0, 4.5)):
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    """Save via a temporary file and rename, so a reader never sees a half-written image."""
+    """Save atomically, so a reader never sees a half-written image."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = path.suffix.lstrip(".") or "png"
-    fd, tmp = open_temp(path)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
     return path
 
 
@@ -55,7 +50,7 @@ MARKERS = "osD^v<>pPX*h"
 def method_styles(methods: list[str]) -> dict[str, dict]:
     """A distinct (colour, marker) per method, the same in every panel: tab20's dark shades first, then its
     light ones (20 colours), each with its own marker."""
-    import matplotlib
+    import matplotlib  # not at the top: see _new_figure
 
     cmap = matplotlib.colormaps["tab20"]
     order = [*range(0, 20, 2), *range(1, 20, 2)]
@@ -126,15 +121,13 @@ def plot_tradeoff(rows: list[dict], path: str | os.PathLike, reference: list[dic
     """Final accuracy (%) vs MACs speed-up: a panel per dataset/model, a line per method in it; next to it a
     panel against the measured latency speed-up where those runs measured latency.
 
-    `rows` come from report.aggregate. Error bars show the std over seeds. `reference` are published
-    points (report.load_reference() when None; pass [] for none); those of a plotted dataset/model are
+    `rows` come from summary.aggregate. Error bars show the std over seeds. `reference` are published
+    points (load_reference() when None; pass [] for none); those of a plotted dataset/model are
     drawn as hollow markers with labels. The base accuracy of each dataset/model is a dotted line. A
     method keeps its colour and marker in every panel, and the one legend sits right of the panels, so the
     figure stays readable with many models and methods.
     """
     if reference is None:
-        from .report import load_reference
-
         reference = load_reference()
     return _save(tradeoff_figure(rows, reference), path)
 

@@ -1,4 +1,4 @@
-"""Index plans behind prune_runner.regularizers: dependency groups -> flat index tensors.
+"""Index plans behind the regularizers (regularizers.py): dependency groups -> flat index tensors.
 
 Built once per refresh() with Python loops over the groups; used every training step with a fixed
 handful of batched tensor ops (plus a few ops per parameter) and no host<->device sync.

@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 
 import torch_pruning as tp
 
-from .registry import Registry
+from ..registry import Registry
 
 IMP = tp.importance
 

@@ -132,29 +132,3 @@ class MacCounter:
             macs += sum(n * _mha_macs(modules[name], q_len, k_len) for q_len, k_len, n in calls)
         return int(macs // self.batch), count_params(model)
 
-
-def count_macs(model: nn.Module, example_inputs: Any) -> int:
-    """Per-sample MACs from one hooked forward on the live model (no copy), computed from the
-    tensors each layer actually sees; a check on `MacCounter`, too slow to call every step."""
-    batch = _batch_size(example_inputs)
-    total = [0]
-
-    def hook_for(name: str, module: nn.Module):
-        def add(mod, args, kwargs, output):
-            if isinstance(mod, nn.MultiheadAttention):
-                query = args[0] if args else kwargs["query"]
-                query_len, key_len = _attention_lengths(mod, args, kwargs)
-                total[0] += _attention_batch(mod, query) * _mha_macs(mod, query_len, key_len)
-                return
-            x = args[0] if args else kwargs["input"]
-            if isinstance(mod, nn.Linear):
-                total[0] += output.numel() * x.shape[-1]
-            else:  # conv: each output element sums over (in channels / groups) x kernel window
-                kernel = 1
-                for k in mod.kernel_size:
-                    kernel *= k
-                total[0] += output.numel() * (x.shape[1] // mod.groups) * kernel
-        return add
-
-    _with_hooks(model, example_inputs, hook_for)
-    return int(total[0] // batch)

@@ -9,6 +9,7 @@ Interface (all entries of REGULARIZERS):
     reg = REGULARIZERS.get(name)(model, groups_fn, **options)   # or build_regularizer(name, model, pruner)
     reg.refresh()          # epoch start / after pruning: rebuild index tensors
     reg.apply(coef)        # after loss.backward(), before optimizer.step(): .grad += coef * d(penalty)
+    reg.epoch_end()        # after every training epoch (growing_reg grows its coefficients here)
     reg.state_dict() / reg.load_state_dict(d), reg.stats(), reg.importance()
 """
 
@@ -21,8 +22,9 @@ import torch
 from torch import nn
 from torch_pruning.pruner import function
 
-from .errors import UserError
-from .registry import Registry
+from ..errors import UserError
+from ..registry import Registry
+from .groups import dependency_groups
 from .regularizer_plans import (
     CONV_OR_LINEAR,
     IN_FNS,
@@ -38,6 +40,9 @@ REGULARIZERS: Registry = Registry("regularizer")
 SMALL_NORM = 1e-2  # stats(): a channel whose group L2 norm is below this counts as "nearly pruned"
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)  # what BNScalePruner's slimming touches
+
+# method.<key> of the run config -> the regularizer option it sets
+CONFIG_OPTIONS = {"reg": "reg", "alpha": "alpha", "delta_reg": "delta_reg", "reg_update_every": "update_every"}
 
 
 class Regularizer:
@@ -91,6 +96,22 @@ class Regularizer:
     # -- per step ------------------------------------------------------------------------------------
     def apply(self, coef: float) -> None:
         raise NotImplementedError
+
+    def epoch_end(self) -> None:
+        """After every training epoch; a regularizer whose coefficients grow once per epoch grows them here."""
+
+    # -- from the run config -------------------------------------------------------------------------
+    @classmethod
+    def config_options(cls, method) -> dict[str, Any]:
+        """The options that `method` (a MethodConfig) sets: the method.* keys this regularizer takes
+        (CONFIG_OPTIONS entries among its DEFAULTS) that are not None."""
+        return {opt: getattr(method, key) for key, opt in CONFIG_OPTIONS.items()
+                if opt in cls.DEFAULTS and getattr(method, key) is not None}
+
+    @classmethod
+    def strength(cls, method) -> float:
+        """What apply()'s coefficient is after warm-up: method.reg (COEF when unset)."""
+        return cls.COEF if method.reg is None else method.reg
 
     # -- reporting -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -245,6 +266,15 @@ class GrowingRegRegularizer(Regularizer):
         standardized = torch.where(den > 0, (mx - x) / den, torch.zeros_like(x))
         self.reg.add_(standardized, alpha=float(self.options["delta_reg"]))
 
+    def epoch_end(self) -> None:
+        if int(self.options["update_every"]) == 0:  # 0: once per epoch, as the reference script does
+            self.update_reg()
+
+    @classmethod
+    def strength(cls, method) -> float:
+        """1: method.reg is the initial per-channel coefficient (the "reg" option), not apply()'s."""
+        return 1.0
+
     @torch.no_grad()
     def apply(self, coef: float) -> None:
         self.calls += 1
@@ -342,15 +372,10 @@ def build_regularizer(name: str, model: nn.Module, pruner, **options) -> Regular
     cls = REGULARIZERS.get(name)
 
     def groups_fn():
-        return list(pruner.DG.get_all_groups(
-            root_module_types=pruner.root_module_types, ignored_layers=pruner.ignored_layers))
+        return list(dependency_groups(pruner))
 
     options.setdefault("ignored_layers", list(pruner.ignored_layers))
     return cls(model, groups_fn, **options)
-
-
-# method.<key> of the run config -> the regularizer option it sets
-CONFIG_OPTIONS = {"reg": "reg", "alpha": "alpha", "delta_reg": "delta_reg", "reg_update_every": "update_every"}
 
 
 def method_defaults(name: str) -> dict[str, Any]:
@@ -367,7 +392,4 @@ def regularizer_from_config(name: str, model: nn.Module, pruner, method) -> tupl
     The strength multiplies apply()'s warm-up factor: method.reg, or 1 for a regularizer that keeps its own
     per-channel coefficients (its "reg" option)."""
     cls = REGULARIZERS.get(name)
-    options = {opt: getattr(method, key) for key, opt in CONFIG_OPTIONS.items()
-               if opt in cls.DEFAULTS and getattr(method, key) is not None}
-    strength = 1.0 if "reg" in cls.DEFAULTS else (cls.COEF if method.reg is None else method.reg)
-    return build_regularizer(name, model, pruner, **options), strength
+    return build_regularizer(name, model, pruner, **cls.config_options(method)), cls.strength(method)

@@ -11,20 +11,25 @@ import json
 import logging
 import os
 import statistics
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import open_temp
-from .config import STAGES
-from .errors import UserError
+from rich.console import Console
+from rich.table import Table
+
+from ..config import STAGES
+from ..errors import UserError
+from ..files import atomic_write_text
+from .plots import plot_tradeoff
+from .reference import load_reference
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 # Sub-folders that mark a run directory even before results.json exists (Hydra's own, and the stages).
 RUN_MARKERS = (".hydra", *STAGES)
-REFERENCE_FILE = Path(__file__).with_name("reference_results.yaml")
 GROUP_KEYS = ("dataset", "model", "method", "overrides", "setup")  # overrides: with the setup's label
 
 
@@ -94,14 +99,6 @@ def scan_runs(root: str | os.PathLike) -> tuple[list[dict], list[Path]]:
     # A folder holding finished runs below it is a container (e.g. a shared cache next to runs), not a run.
     incomplete = [d for d in candidates if not any(d in f.parents for f in finished_dirs)]
     return runs, sorted(incomplete)
-
-
-def load_reference(path: str | os.PathLike | None = None) -> list[dict]:
-    """Published reference points (see reference_results.yaml for units and sources)."""
-    import yaml
-
-    with open(path or REFERENCE_FILE) as f:
-        return list(yaml.safe_load(f) or [])
 
 
 # --- aggregation -------------------------------------------------------------------------------------
@@ -337,26 +334,11 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file next to `path`, then rename over it (no half-written report)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = open_temp(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_report(root: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     """Scan `root`, write `report.md` and `tradeoff.png` to `out_dir` (default: `root`).
 
     Returns {"report": path, "plot": path}. Raises UserError when `root` is missing or has no finished run.
     """
-    from .plots import plot_tradeoff
-
     root = Path(root)
     runs, incomplete = scan_runs(root)
     if not runs:
@@ -366,7 +348,7 @@ def write_report(root: str | os.PathLike, out_dir: str | os.PathLike | None = No
     reference = load_reference()
     plot_path = plot_tradeoff(rows, out / "tradeoff.png", reference=reference)
     report_path = out / "report.md"
-    write_text_atomic(report_path, render_markdown(root, rows, incomplete, reference, plot_path.name))
+    atomic_write_text(report_path, render_markdown(root, rows, incomplete, reference, plot_path.name))
     return {"report": report_path, "plot": plot_path}
 
 
@@ -380,11 +362,6 @@ class NoFinishedRunsError(UserError):
 
 def print_table(rows: list[dict], console=None) -> None:
     """The report table on the terminal (rich); 200 columns wide when the output is not a terminal."""
-    import sys
-
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title="Pruning results (acc %: mean ± std over seeds)")
     for header, _ in COLUMNS:

@@ -11,8 +11,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
-from .config import STAGES
+from .. import __version__
+from ..config import STAGES
 from .provenance import cpu_name
 
 

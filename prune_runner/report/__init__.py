@@ -1,0 +1,19 @@
+"""What a run leaves for people to read, and prune-report's summary of many runs.
+
+results.py     results.json of one run and its console table
+summary.py     finished runs collected, seeds combined: report.md and the console table of prune-report
+plots.py       figures: accuracy vs speed-up (tradeoff.png), per-channel importance (sparsity.png)
+reference.py   published reference points (reference_results.yaml)
+provenance.py  what a number was measured on
+"""
+
+from .plots import plot_importance, plot_tradeoff
+from .reference import load_reference
+from .results import build_results, chance_threshold, chance_warning, print_results
+from .summary import NoFinishedRunsError, Stat, aggregate, format_row, print_table, scan_runs, write_report
+
+__all__ = [
+    "NoFinishedRunsError", "Stat", "aggregate", "build_results", "chance_threshold", "chance_warning",
+    "format_row", "load_reference", "plot_importance", "plot_tradeoff", "print_results", "print_table",
+    "scan_runs", "write_report",
+]
