@@ -27,9 +27,11 @@ class Multiple:
 ROUND_TO = {
     ("cpu", "fp32"): Multiple(8, "scripts/bench_round_to.py on an AMD EPYC (AVX2, 8 fp32 lanes), torch 2.14.1, "
                                  "1 thread, batch 8, 16x16 maps, widths 33-96: a 3x3 convolution's time steps up at "
-                                 "every multiple of 8 plus one (width 57 runs at 0.78x the MACs/s of 56, 65 at 0.76x "
-                                 "of 64); a padded-width model with block 8 leaves 0.073 log-spread against 0.099 "
-                                 "for the smooth one (block 16: 0.121); 1x1 convolutions show no blocks"),
+                                 "every multiple of 8 plus one (width 57 runs at 0.83x the MACs/s of 56, 65 at 0.76x "
+                                 "of 64); a padded-width model with block 8 leaves 0.066 log-spread against 0.100 "
+                                 "for the smooth one (block 16: 0.112); 1x1 convolutions show no blocks. "
+                                 "scripts/bench_latency_target.py --round-to auto: ResNet-56 at batch 64 pruned to "
+                                 "2.2x MACs runs 2.2x faster, against 1.44x at 2.1x MACs without"),
     # a CPU with native 16-bit kernels (AVX-512 BF16, AMX) may block channels: rerun the script there
     ("cpu", "bf16"): Multiple(1, "scripts/bench_round_to.py --dtype bf16 on the same AMD EPYC (AVX2, no native "
                                  "bf16): 3x3 convolutions run 520-670 MACs/us at every width 33-96, about 1/45 of "
