@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 STAGES = ("pretrain", "sparse_train", "prune", "finetune", "eval")
 
@@ -77,10 +77,15 @@ class ScheduleConfig:
 
 @dataclass
 class PruneConfig:
-    speed_up: float = 2.0  # target base MACs / pruned MACs
+    # macs: speed_up is base MACs / pruned MACs. latency: speed_up is the measured latency of the base model /
+    # that of the pruned one, on the run's device, at batch latency_batch, in eval.latency_dtype (latency_target.py)
+    target: str = "macs"
+    speed_up: float = 2.0  # the target speed-up (see `target`)
+    latency_batch: int = 1  # target=latency: the batch size timed (1: latency; 64 or more: throughput)
     iterative_steps: int = 100  # step budget: each step removes ~1/iterative_steps of every layer's channels
     max_pruning_ratio: float = 0.9  # never remove more than this fraction of a layer's channels
-    round_to: Optional[int] = None  # keep channel counts multiples of this (e.g. 8 for tensor cores)
+    # keep channel counts multiples of this: an integer, auto (the device's multiple, round_to.py) or null
+    round_to: Any = None  # Any: an int or "auto" (OmegaConf has no Union of the two); validate.py checks it
     # training batches (of schedule.finetune.batch_size) that re-estimate the BatchNorm statistics after
     # the last pruning step, before the accuracy before fine-tuning is measured; 0 = off
     bn_recalibration_batches: int = 50
@@ -102,6 +107,7 @@ class EvalConfig:
     latency: bool = True  # time base and pruned models
     latency_batch: int = 64  # the saturating batch size (batch 1 is always timed)
     latency_repeats: int = 20
+    latency_dtype: Optional[str] = None  # fp32 | bf16 | fp16, the deployed precision; None: bf16 on CUDA, else fp32
 
 
 @dataclass

@@ -21,6 +21,7 @@ from .data import build_data
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
 from .errors import CheckpointError, RecordError, UserError
 from .files import atomic_write_json, read_json
+from .latency_dtype import latency_inputs
 from .locks import lock_run_dir
 from .metrics_log import MetricsLog
 from .models import get_model_spec
@@ -208,7 +209,7 @@ def _run_locked(cfg: RunConfig, run_dir: Path, console: Console, overrides: str,
     state = build_state(cfg, run_dir, console, overrides, dist, tracker)
     state.base_sha = _base_checkpoint_sha(cfg)
     inputs = StageInputs(dataset=state.data.fingerprint, base_checkpoint=state.base_sha,
-                         world_size=dist.world_size, amp=bool(state.fast.amp))
+                         world_size=dist.world_size, amp=bool(state.fast.amp), **latency_inputs(state))
     has_reg = state.spec.regularizer is not None
     cache = StageCache(Path(cfg.out_root) / ".stage_cache", warn=state.warn)
     start_stage, upstream = _resume_from(cfg)

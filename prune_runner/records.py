@@ -43,6 +43,9 @@ STAGE_KEYS: Dict[str, List[str]] = {
     "eval": ["eval", "export"],
 }
 TRAINING_STAGES = ("pretrain", "sparse_train", "finetune")  # their result depends on the world size
+# options added after runs were recorded, left out of a stage's config while they hold the value that
+# behaves as before they existed: the stages of those runs stay finished
+UNHASHED_DEFAULTS = {"prune.target": "macs", "eval.latency_dtype": None}
 NO_REGULARIZER = "skipped: the method has no regularizer"
 # files a stage leaves at the top of the run dir; kept in the stage folder (and the cache) too,
 # so a finished or reused stage can always put them back
@@ -57,6 +60,8 @@ class StageInputs:
     base_checkpoint: Optional[str]  # SHA-256 of the base_checkpoint file, None without one
     world_size: int
     amp: bool  # bf16 autocast
+    device: str = ""  # the processor latency is measured on (latency_dtype.device_name)
+    latency_dtype: str = "fp32"  # eval.latency_dtype, resolved for the device
 
 
 def _select(cfg: dict, dotted: str):
@@ -88,8 +93,22 @@ def own_config(cfg: RunConfig, stage: str, has_regularizer: bool, inputs: StageI
         own["input.base_checkpoint"] = inputs.base_checkpoint
     if stage in TRAINING_STAGES:
         own["env.world_size"] = inputs.world_size
+    if stage == "prune":
+        _prune_device_keys(cfg, inputs, own)
+    for key, value in UNHASHED_DEFAULTS.items():
+        if key in own and own[key] == value:
+            del own[key]
     own["env.amp"] = inputs.amp
     return own
+
+
+def _prune_device_keys(cfg: RunConfig, inputs: StageInputs, own: dict) -> None:
+    """A latency target, and round_to=auto, make the pruned model depend on the device and the precision
+    latency is measured in; the batch a latency target times matters to that target only."""
+    if cfg.prune.target == "latency" or cfg.prune.round_to == "auto":
+        own["env.device"], own["env.latency_dtype"] = inputs.device, inputs.latency_dtype
+    if cfg.prune.target != "latency":
+        own.pop("prune.latency_batch", None)
 
 
 def chain(own: dict, upstream: Optional[dict]) -> dict:

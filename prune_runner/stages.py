@@ -19,6 +19,7 @@ from .distributed import barrier, wrap_ddp
 from .export import export_model
 from .files import atomic_write_json
 from .latency import MAX_SPREAD, compare_latency
+from .latency_dtype import as_deployed, latency_inputs, resolve_latency_dtype
 from .models import build_model, get_model_spec
 from .progress import stage_progress
 from .pruning import (
@@ -31,7 +32,9 @@ from .pruning import (
     channel_group_norms,
     grad_calibration,
     progressive_prune,
+    prune_to_latency_in_run,
     regularizer_from_config,
+    resolve_round_to,
 )
 from .records import StageDir, teacher_record
 from .report import build_results, chance_threshold, chance_warning, plot_importance, print_results
@@ -171,9 +174,11 @@ def pretrain(state: RunState, run: StageRun):
 
 def _pruner(state: RunState):
     cfg = state.cfg
+    round_to = resolve_round_to(cfg.prune.round_to, state.device,
+                                resolve_latency_dtype(cfg.eval.latency_dtype, state.device))
     return build_pruner(state.model, state.data.example_input(1), state.spec, state.num_classes,
                         steps=cfg.prune.iterative_steps, max_pruning_ratio=cfg.prune.max_pruning_ratio,
-                        global_pruning=cfg.method.global_pruning, round_to=cfg.prune.round_to,
+                        global_pruning=cfg.method.global_pruning, round_to=round_to,
                         normalizer=cfg.method.normalizer)
 
 
@@ -236,10 +241,15 @@ def prune(state: RunState, run: StageRun):
     torch.manual_seed(cfg.seed)
 
     def on_step(step: int, budget: int, speed_up: float) -> None:
-        state.say(f"prune step {step}/{budget}: MACs speed-up {speed_up:.3f}x, target {cfg.prune.speed_up}x")
+        state.say(f"prune step {step}/{budget}: MACs speed-up {speed_up:.3f}x, target {cfg.prune.speed_up}x"
+                  + (" measured latency" if cfg.prune.target == "latency" else ""))
 
-    result = progressive_prune(model, pruner, MacCounter(model, example), cfg.prune.speed_up, calibrate=calibrate,
-                               describe=f"model {cfg.model.name} with method {cfg.method.name}", on_step=on_step)
+    describe = f"model {cfg.model.name} with method {cfg.method.name}"
+    if cfg.prune.target == "latency":
+        result = prune_to_latency_in_run(state, model, pruner, calibrate, describe, on_step)
+    else:
+        result = progressive_prune(model, pruner, MacCounter(model, example), cfg.prune.speed_up,
+                                   calibrate=calibrate, describe=describe, on_step=on_step)
     state.history = state.history + [tuple(h) for h in pruner.pruning_history()]
     state.model = state.to_device(model)  # pruned layers are new Parameters: keep device and memory format
     stale = measure(state, state.model) if cfg.prune.bn_recalibration_batches > 0 else None
@@ -260,6 +270,8 @@ def prune(state: RunState, run: StageRun):
     state.say(f"prune: {result['steps']} steps, MACs {result['base_macs'] / 1e6:.2f}M -> {metrics['macs'] / 1e6:.2f}M "
               f"({result['speed_up']:.2f}x), {acc_line}")
     metrics.update(steps=result["steps"], speed_up=result["speed_up"])
+    if "latency" in result:  # prune.target=latency: what was measured, and what measuring cost
+        metrics["latency"] = result["latency"]
     return metrics, state.payload()
 
 
@@ -304,10 +316,14 @@ def evaluate_stage(state: RunState, run: StageRun):
         base_model, _ = state.load(Path(state.records["pretrain"]["checkpoint"]),
                                    state.records["pretrain"]["sha256"])
         shape = (3, state.input_size, state.input_size)
-        sizes = (1, cfg.eval.latency_batch)
+        sizes = sorted({1, cfg.eval.latency_batch} | ({cfg.prune.latency_batch} if cfg.prune.target == "latency"
+                                                      else set()))
+        env = latency_inputs(state)  # the device's name and the deployed precision
         # base and final forwards alternate within one measurement: a load that changes meanwhile hits both
-        latency = {"device": state.device.type, "batch_sizes": list(sizes), "max_spread": MAX_SPREAD,
-                   "compare": compare_latency(base_model, model, shape, state.device, sizes,
+        latency = {"device": state.device.type, "device_name": env["device"], "dtype": env["latency_dtype"],
+                   "batch_sizes": sizes, "max_spread": MAX_SPREAD,
+                   "compare": compare_latency(as_deployed(base_model, env["latency_dtype"]),
+                                              as_deployed(model, env["latency_dtype"]), shape, state.device, sizes,
                                               repeats=cfg.eval.latency_repeats)}
         del base_model
     results = build_results(state, final, latency)

@@ -13,15 +13,17 @@ from .config import STAGES, RunConfig
 from .data import list_datasets
 from .errors import UnknownChoiceError, UserError
 from .export import validate_formats
+from .latency_dtype import check_latency_dtype
 from .models import get_model_spec
 from .models.support import check_supported
-from .pruning import METHODS, NORMALIZERS, resolve_method_defaults
+from .pruning import METHODS, NORMALIZERS, check_round_to, resolve_method_defaults
 from .search import OBJECTIVES
 from .tracking_mlflow import check_installed as mlflow_installed
 
 LR_SCHEDULES = ("constant", "cosine", "step")
 RESUME_MODES = ("auto", "overwrite")
 LOGGERS = ("jsonl", "tensorboard", "mlflow")
+PRUNE_TARGETS = ("latency", "macs")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -69,12 +71,13 @@ def validate(cfg: RunConfig) -> RunConfig:
            f"schedule.finetune.distill.temperature={kd.temperature} is invalid; it must be > 0")
     p = cfg.prune
     _check(math.isfinite(p.speed_up) and p.speed_up >= 1,
-           f"prune.speed_up={p.speed_up} is invalid; it is base MACs / pruned MACs and must be >= 1")
+           f"prune.speed_up={p.speed_up} is invalid; it is the target speed-up (prune.target={p.target}) "
+           "and must be >= 1")
     _check(p.iterative_steps >= 1, f"prune.iterative_steps={p.iterative_steps} is invalid; it must be >= 1")
     _check(0 < p.max_pruning_ratio <= 1, f"prune.max_pruning_ratio={p.max_pruning_ratio} is invalid; "
                                          "it must be in (0, 1] (a layer always keeps one channel)")
     _non_negative("prune.bn_recalibration_batches", p.bn_recalibration_batches)
-    _check(p.round_to is None or p.round_to >= 1, f"prune.round_to={p.round_to} is invalid; it must be >= 1")
+    _check_latency_options(cfg)
     for stage in cfg.stages:
         if stage not in STAGES:
             raise UnknownChoiceError("stage", stage, STAGES)
@@ -87,6 +90,15 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
            f"unknown device '{dev}'; choose one of: auto, cpu, cuda, cuda:N")
     return resolve_method_defaults(cfg)
+
+
+def _check_latency_options(cfg: RunConfig) -> None:
+    p = cfg.prune
+    if p.target not in PRUNE_TARGETS:
+        raise UnknownChoiceError("prune.target", p.target, PRUNE_TARGETS)
+    _check(p.latency_batch >= 1, f"prune.latency_batch={p.latency_batch} is invalid; it must be >= 1")
+    check_round_to(p.round_to)
+    check_latency_dtype(cfg.eval.latency_dtype)
 
 
 def _check_dependencies(cfg: RunConfig) -> None:

@@ -97,6 +97,7 @@ def test_preset_keeps_the_reference_recipe_invariants(presets, name):
         assert cfg.schedule.pretrain.epochs == 0, "pretrained weights are the base model, not a starting point"
     else:
         assert cfg.schedule.pretrain.epochs > 0
+    assert cfg.prune.target == "macs", "the published tables report MACs speed-ups"
     if cfg.dataset.name != "imagenet":  # the CIFAR recipe of reproduce/main.py
         assert cfg.prune.iterative_steps == 400
         assert cfg.schedule.finetune.epochs == 100 and cfg.schedule.finetune.milestones == [0.6, 0.8]

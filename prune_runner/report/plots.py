@@ -1,4 +1,4 @@
-"""Figures: accuracy vs MACs speed-up trade-off, and histograms of per-channel importance.
+"""Figures: accuracy vs MACs (and measured latency) speed-up trade-off, and histograms of per-channel importance.
 
 matplotlib is imported inside the functions and drawn with the Agg canvas directly (no pyplot, no
 global backend switch), so importing this module is cheap and works without a display.
@@ -60,19 +60,28 @@ def method_styles(methods: list[str]) -> dict[str, dict]:
 
 
 def tradeoff_figure(rows: list[dict], reference: list[dict]):
-    """The figure of plot_tradeoff: one panel per dataset/model, one legend for all of them (right)."""
+    """The figure of plot_tradeoff: one panel per dataset/model, followed by a second one against the measured
+    latency speed-up where its runs measured latency; one legend for all of them (right)."""
     pairs = sorted({(r["dataset"], r["model"]) for r in rows}) or [("", "")]
-    cols = min(PANEL_COLUMNS, len(pairs))
-    n_rows = -(-len(pairs) // cols)
+    panels = []  # (dataset/model, the speed-up on the x axis)
+    for pair in pairs:
+        panels.append((pair, "speed_up"))
+        if any(r.get("latency_speed_up") for r in rows if (r["dataset"], r["model"]) == pair):
+            panels.append((pair, "latency_speed_up"))
+    cols = min(PANEL_COLUMNS, len(panels))
+    n_rows = -(-len(panels) // cols)
     fig = _new_figure((PANEL_SIZE[0] * cols + LEGEND_WIDTH, PANEL_SIZE[1] * n_rows + 0.6))
     axes = fig.subplots(n_rows, cols, squeeze=False).ravel()
     styles = method_styles(sorted({r["method"] for r in rows}))
     handles: dict[str, Any] = {}
-    for ax, pair in zip(axes, pairs):
-        _draw_panel(ax, pair, [r for r in rows if (r["dataset"], r["model"]) == pair], reference, styles, handles)
-    for ax in axes[len(pairs):]:
+    for ax, (pair, x) in zip(axes, panels):
+        members = [r for r in rows if (r["dataset"], r["model"]) == pair]
+        _draw_panel(ax, pair, members, reference if x == "speed_up" else [], styles, handles, x)
+    for ax in axes[len(panels):]:
         ax.set_visible(False)
-    fig.supxlabel("MACs speed-up (base MACs / pruned MACs)")
+    with_latency = len(panels) > len(pairs)
+    fig.supxlabel("MACs speed-up (base MACs / pruned MACs)" + ("; panels marked 'latency': measured latency "
+                                                               "speed-up" if with_latency else ""))
     fig.supylabel("top-1 accuracy after fine-tuning (%)")
     fig.suptitle("Accuracy vs speed-up" if rows else "Accuracy vs speed-up (no runs)")
     if handles:
@@ -80,11 +89,14 @@ def tradeoff_figure(rows: list[dict], reference: list[dict]):
     return fig
 
 
-def _draw_panel(ax, pair, rows, reference, styles, handles) -> None:
-    """One dataset/model: a line per method (error bars: std over seeds), the base accuracy, published points."""
+def _draw_panel(ax, pair, rows, reference, styles, handles, x: str = "speed_up") -> None:
+    """One dataset/model: a line per method (error bars: std over seeds), the base accuracy, published points.
+    `x`: the row's speed-up on the x axis, speed_up (MACs) or latency_speed_up (measured)."""
     for method in sorted({r["method"] for r in rows}):
-        members = sorted((r for r in rows if r["method"] == method), key=lambda r: r["speed_up"].mean)
-        xs = [r["speed_up"].mean for r in members]
+        members = sorted((r for r in rows if r["method"] == method and r.get(x)), key=lambda r: r[x].mean)
+        if not members:
+            continue
+        xs = [r[x].mean for r in members]
         ys = [r["final_acc"].mean for r in members]
         errs = [r["final_acc"].std or 0.0 for r in members]
         handles[method] = ax.errorbar(xs, ys, yerr=errs, capsize=3, linestyle="-", **styles[method])
@@ -98,12 +110,17 @@ def _draw_panel(ax, pair, rows, reference, styles, handles) -> None:
         ax.annotate(f"{ref['label']} {ref['speed_up']:.2f}x", (ref["speed_up"], ref["pruned_acc"]),
                     textcoords="offset points", xytext=(6, 4 if i % 2 == 0 else -10),  # alternate: points sit close
                     fontsize=7, annotation_clip=True)
-    ax.set_title(f"{pair[0]}/{pair[1]}" if rows else "", fontsize=9)
+    title = f"{pair[0]}/{pair[1]}" if rows else ""
+    if x == "latency_speed_up":
+        where = sorted({f"bs {r['latency_batch']}, {r['latency_device']}" for r in rows if r.get(x)})
+        title += f": latency ({'; '.join(where)})"
+    ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
 
 
 def plot_tradeoff(rows: list[dict], path: str | os.PathLike, reference: list[dict] | None = None) -> Path:
-    """Final accuracy (%) vs MACs speed-up: a panel per dataset/model, a line per method in it.
+    """Final accuracy (%) vs MACs speed-up: a panel per dataset/model, a line per method in it; next to it a
+    panel against the measured latency speed-up where those runs measured latency.
 
     `rows` come from summary.aggregate. Error bars show the std over seeds. `reference` are published
     points (load_reference() when None; pass [] for none); those of a plotted dataset/model are

@@ -21,7 +21,8 @@ def _latency_summary(latency: dict | None) -> dict | None:
     repetitions as `speed_up`, its interquartile range and whether that range is too wide to trust."""
     if not latency:
         return None
-    out = {"device": latency["device"], "batch_sizes": latency["batch_sizes"], "method": "interleaved",
+    out = {"device": latency["device"], "device_name": latency.get("device_name"), "dtype": latency.get("dtype"),
+           "batch_sizes": latency["batch_sizes"], "method": "interleaved",
            "max_spread": latency["max_spread"], "base": {}, "final": {}, "speed_up": {}, "speed_up_iqr": {},
            "spread": {}, "noisy": {}}
     for bs in latency["batch_sizes"]:
@@ -81,6 +82,7 @@ def build_results(state, final: dict, latency: dict | None) -> dict:
         "final": {k: final[k] for k in ("acc", "macs", "params")},
         "acc_delta": final["acc"] - base["acc"],
         "target_speed_up": cfg.prune.speed_up,
+        "target": target_summary(cfg, pruned),  # what the target measured: MACs, or latency at a batch
         "speed_up": base["macs"] / final["macs"],
         "params_ratio": final["params"] / base["params"],
         "prune_steps": pruned.get("steps"),
@@ -107,16 +109,41 @@ def print_results(console: Console, r: dict) -> None:
             label = "pruned, BN recalibrated"
         table.add_row(label, f"{100 * m['acc']:.2f}%", f"{m['macs'] / 1e6:.2f}", f"{m['params'] / 1e6:.3f}")
     console.print(table)
-    line = (f"accuracy delta {100 * r['acc_delta']:+.2f} pp, MACs speed-up {r['speed_up']:.2f}x "
-            f"(target {r['target_speed_up']}x), params x{r['params_ratio']:.3f}")
+    target = r.get("target") or {"kind": "macs"}
+    line = (f"accuracy delta {100 * r['acc_delta']:+.2f} pp, MACs speed-up {r['speed_up']:.2f}x"
+            + (f" (target {r['target_speed_up']}x)" if target["kind"] == "macs" else "")
+            + f", params x{r['params_ratio']:.3f}")
     lat = r.get("latency")
     if lat:
         parts = [_latency_part(lat, str(bs)) for bs in lat["batch_sizes"]]
-        line += f"; measured latency speed-up ({lat['device']}, median, IQR) " + ", ".join(parts)
+        where = ", ".join(x for x in (lat["device"], lat.get("dtype")) if x)
+        line += f"; measured latency speed-up ({where}, median, IQR) " + ", ".join(parts)
+    if target["kind"] == "latency":
+        line += f"; {target_line(target)}"
     console.print(line)
     if lat and any(lat.get("noisy", {}).values()):
         console.print(f"[yellow]latency: a spread marked NOISY is wider than {100 * lat['max_spread']:.0f}% of its "
                       "median: the machine was busy; rerun on an idle machine or raise eval.latency_repeats[/yellow]")
+
+
+def target_summary(cfg, pruned: dict) -> dict:
+    """The prune target: MACs, or latency at a batch, with what the prune stage measured when it stopped."""
+    if cfg.prune.target != "latency":
+        return {"kind": "macs", "speed_up": cfg.prune.speed_up}
+    lat = pruned.get("latency") or {}
+    return {"kind": "latency", "speed_up": cfg.prune.speed_up, "batch": cfg.prune.latency_batch,
+            **{k: lat.get(k) for k in ("device", "device_name", "dtype", "speed_up_iqr", "noisy", "measurements",
+                                       "measure_s", "prune_s")},
+            "reached": lat.get("speed_up")}
+
+
+def target_line(t: dict) -> str:
+    """One line on a latency target: what the prune stage measured when it stopped."""
+    iqr = t.get("speed_up_iqr") or [float("nan")] * 2
+    return (f"latency target {t['speed_up']}x at batch {t['batch']} ({t.get('device')}, {t.get('dtype')}): "
+            f"{t.get('reached', float('nan')):.2f}x [{iqr[0]:.2f}-{iqr[1]:.2f}] when pruning stopped "
+            f"({t.get('measurements')} measurements, {t.get('measure_s', 0):.1f} s)"
+            + (" NOISY" if t.get("noisy") else ""))
 
 
 def _latency_part(lat: dict, key: str) -> str:

@@ -112,9 +112,20 @@ def _latency_at_largest_batch(run: dict) -> tuple[int, float, str, bool] | None:
     speed_ups = {int(bs): float(v) for bs, v in latency["speed_up"].items() if v is not None}
     if not speed_ups:
         return None
-    batch = max(speed_ups)
+    batch = (run.get("target") or {}).get("batch")  # a latency target's batch first
+    batch = batch if batch in speed_ups else max(speed_ups)
     noisy = bool((latency.get("noisy") or {}).get(str(batch)))  # spread too wide to trust (interleaved runs)
-    return batch, speed_ups[batch], str(latency.get("device", "?")), noisy
+    where = ", ".join(str(x) for x in (latency.get("device", "?"), latency.get("dtype")) if x)
+    return batch, speed_ups[batch], where, noisy
+
+
+def _target_label(run: dict) -> str | None:
+    """"2x" for a MACs target, "1.5x latency (bs 1)" for a latency target; None without a target."""
+    if run.get("target_speed_up") is None:
+        return None
+    target = run.get("target") or {}
+    text = f"{float(run['target_speed_up']):g}x"
+    return f"{text} latency (bs {target.get('batch')})" if target.get("kind") == "latency" else text
 
 
 def _setup_label(run: dict) -> str:
@@ -154,7 +165,7 @@ def _aggregate_group(key: tuple[str, str, str, str, str], runs: list[dict]) -> d
     batch = max((lat[0] for lat in latencies), default=None)
     at_batch = [lat for lat in latencies if lat[0] == batch]
     params = [r["params_ratio"] for r in runs if r.get("params_ratio") is not None]
-    targets = {r.get("target_speed_up") for r in runs}
+    targets = {_target_label(r) for r in runs}
     pruned_accs = [(r.get("pruned") or {}).get("acc") for r in runs]
     pruned_accs = [acc for acc in pruned_accs if acc is not None]
     return {
@@ -223,7 +234,7 @@ COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("pruned acc %", lambda r: _fmt(r["pruned_acc"])),
     ("final acc %", lambda r: _fmt(r["final_acc"])),
     ("Δ acc (pp)", lambda r: _fmt(r["acc_delta"], signed=True)),
-    ("target speed-up", lambda r: "-" if r["target_speed_up"] is None else f"{r['target_speed_up']:g}x"),
+    ("target speed-up", lambda r: r["target_speed_up"] or "-"),
     ("MACs speed-up", lambda r: _fmt(r["speed_up"], unit="x")),
     ("latency speed-up", _fmt_latency),
     ("params ratio", lambda r: _fmt(r["params_ratio"], digits=3)),
@@ -287,16 +298,18 @@ def render_markdown(
         (
             "Accuracy: top-1 on the test split, mean ± sample std over seeds (std only with several seeds). "
             "Pruned acc: right after pruning, before fine-tuning. Δ acc = final − base in percentage points. "
-            "Target speed-up: prune.speed_up; MACs speed-up = base MACs / final MACs (reached). "
+            "Target speed-up: prune.speed_up, of MACs or (marked latency) of the measured latency at a batch "
+            "size (prune.target). MACs speed-up = base MACs / final MACs (reached). "
             "A row holds runs of one setup: the same overrides, base checkpoint, resumed-from stage and stages run. "
-            "Latency speed-up: median base / final latency ratio of interleaved repetitions at the largest measured "
-            "batch size; NOISY marks a ratio whose interquartile range is too wide to trust (a busy machine). "
+            "Latency speed-up: median base / final latency ratio of interleaved repetitions at a latency target's "
+            "batch size, else the largest measured one, with the device and precision; NOISY marks a ratio whose "
+            "interquartile range is too wide to trust (a busy machine). "
             "Params ratio = final params / base params."
         ),
         "",
     ]
     if plot_name:
-        lines += [f"![accuracy vs MACs speed-up]({plot_name})", ""]
+        lines += [f"![accuracy vs MACs and measured latency speed-up]({plot_name})", ""]
     lines += _reference_section(rows, reference)
     reruns = [d for r in rows for d in r["reruns"]]
     if reruns:

@@ -1,0 +1,325 @@
+"""prune.target=latency: prune until the model is measurably `prune.speed_up` times faster than the base model,
+on the run's device, at batch prune.latency_batch, in the deployed precision (eval.latency_dtype).
+
+Every measurement is `compare_latency`'s: base and pruned forwards interleaved, the median of the per-pair
+ratios. Timing is noisy and not monotone in the pruning step (a width crossing a SIMD block can make a
+smaller model slower), so the rule that stops never trusts one measurement:
+
+  1. Where one measurement costs no more than one pruning step (tiny models), it measures after every step.
+     Elsewhere it predicts from MACs: the first measurement is taken where the MACs speed-up reaches the
+     target (latency rarely falls faster than MACs), and each later one where a line fitted to the last few
+     measurements in log(MACs speed-up), log(latency speed-up) reaches the target (the unpruned model is
+     the point (1, 1)), at most MAX_JUMP further in MACs speed-up.
+  2. A measurement at or above the target is confirmed by a fresh one before pruning stops. If the
+     confirmation falls short, pruning goes on and the two count as one point at their mean.
+  3. A target not reached when the step budget ends is one line: the best speed-up measured, the MACs
+     speed-up it took, and why (prune.max_pruning_ratio, or latency bound by what pruning does not shrink).
+
+`StoppingRule` holds the decisions and `run_to_target` the loop; both take plain callables, so the tests drive
+them with a fake timer. `prune_to_latency` wires them to a torch-pruning pruner and `compare_latency`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from ..errors import UserError
+from ..latency import MAX_SPREAD, compare_latency
+from ..latency_dtype import LATENCY_DTYPES, as_deployed, device_name, resolve_latency_dtype
+from .hints import sync_after_pruning
+from .macs import MacCounter
+
+SAMPLE_S = 0.02  # a timed sample lasts at least this long (several scheduler slices on a shared machine)
+MAX_INNER = 100  # forwards per sample at most
+MEASURE_S = 0.6  # pairs of samples per measurement: as many as fit this, within [MIN_REPEATS, MAX_REPEATS]
+MIN_REPEATS, MAX_REPEATS = 6, 20  # (twice as many for a noisy measurement that leaves the decision open)
+WARMUP = 2  # samples of each model before a measurement (compare_latency's warm-up); 1 for samples longer
+LONG_SAMPLE_S = 0.25  # than this
+MAX_JUMP = 2.0  # a prediction moves the next measurement at most this factor further in MACs speed-up
+MIN_JUMP = 1.02  # ... and at least this factor: two measurements of nearly one model teach nothing new
+FLAT_JUMP = 1.1  # the next measurement's distance when latency did not fall with MACs over the fitted points
+FIT_POINTS = 3  # measured models (the unpruned one included) the prediction's line is fitted to
+AIM = 1.03  # predictions aim this much above the target: a measurement just below it costs one more
+CHEAP = 1.0  # measure after every step where one measurement costs at most this many pruning steps
+OVERSHOOT = 1.2  # a confirmed speed-up this far above the target, reached in a jump, is reported
+BOUND = 2.0  # a model whose MACs fell BOUND x the target while latency missed it is bound by unpruned parts
+
+
+@dataclass
+class Measurement:
+    step: int
+    macs_speed_up: float
+    ratio: float  # median base / pruned latency of the interleaved pairs
+    q1: float  # the ratio's interquartile range
+    q3: float
+    seconds: float  # what the measurement cost
+    confirmation: bool = False  # the fresh measurement that checks one at or above the target
+    noisy: bool = False  # its IQR stayed wider than MAX_SPREAD of the median, even measured twice as long
+
+
+@dataclass
+class Outcome:
+    reached: bool
+    steps: int
+    macs_speed_up: float
+    final: Optional[Measurement]  # the confirming measurement, or the best one when the target was missed
+    measurements: List[Measurement] = field(default_factory=list)
+    every_step: bool = False
+
+    @property
+    def best(self) -> Optional[Measurement]:
+        return max(self.measurements, key=lambda m: m.ratio, default=None)
+
+
+class StoppingRule:
+    """When to measure and when to stop; no timing and no pruning in here."""
+
+    def __init__(self, target: float, every_step: bool = False):
+        self.target = target
+        self.every_step = every_step
+        self.points: List[Tuple[float, float]] = []  # (MACs speed-up, latency speed-up) of each measured model
+        self.next_at = target  # the MACs speed-up of the next measurement (predict mode)
+
+    def wants(self, macs_speed_up: float) -> bool:
+        return self.every_step or macs_speed_up >= self.next_at
+
+    def reached(self, m: Measurement) -> bool:
+        return m.ratio >= self.target
+
+    def record(self, macs_speed_up: float, latency_speed_up: float) -> None:
+        """A measured model that is not the stopping point: plan the next measurement from it."""
+        self.points.append((macs_speed_up, latency_speed_up))
+        self.next_at = self.predict(macs_speed_up)
+
+    def predict(self, macs_now: float) -> float:
+        """The MACs speed-up at which latency should reach the target, within [MIN_JUMP, MAX_JUMP] x now: a
+        least-squares line in log-log through the last FIT_POINTS measured models (the unpruned one among
+        them while there are fewer), which follows the curve locally and lets no single measurement steer."""
+        points = ([(1.0, 1.0)] + self.points)[-FIT_POINTS:]
+        xs = [math.log(m) for m, _ in points]
+        ys = [math.log(max(lat, 1e-9)) for _, lat in points]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
+        if slope <= 0:  # latency did not fall with MACs over these points (noise, a slower width): a step on
+            return macs_now * FLAT_JUMP
+        needed = math.exp(mx + (math.log(AIM * self.target) - my) / slope)
+        return min(max(needed, macs_now * MIN_JUMP), macs_now * MAX_JUMP)
+
+
+def run_to_target(rule: StoppingRule, budget: int, prune_step: Callable[[int], float],
+                  measure: Callable[[int, float, bool], Measurement],
+                  decide_every_step: Optional[Callable[[float], bool]] = None) -> Outcome:
+    """Prune step by step (`prune_step(step)` returns the MACs speed-up after it) and measure where the rule
+    wants (`measure(step, macs_speed_up, confirmation)`), until a confirmed target or the end of the budget.
+    `decide_every_step(seconds of the first step)` may switch the rule to measuring after every step."""
+    measurements: List[Measurement] = []
+    macs, measured_at = 1.0, None
+    for step in range(1, budget + 1):
+        started = time.perf_counter()
+        macs = prune_step(step)
+        if step == 1 and decide_every_step is not None:
+            rule.every_step = decide_every_step(time.perf_counter() - started)
+        last = step == budget
+        if not (rule.wants(macs) or last) or measured_at == macs:
+            continue
+        probe = measure(step, macs, False)
+        measurements.append(probe)
+        measured_at = macs
+        if rule.reached(probe):
+            check = measure(step, macs, True)
+            measurements.append(check)
+            if rule.reached(check):
+                return Outcome(True, step, macs, check, measurements, rule.every_step)
+            rule.record(macs, (probe.ratio + check.ratio) / 2)
+        else:
+            rule.record(macs, probe.ratio)
+    best = max(measurements, key=lambda m: m.ratio, default=None)
+    return Outcome(False, budget, macs, best, measurements, rule.every_step)
+
+
+class _Repeated(nn.Module):
+    """`inner` forwards of a model per call: a sample of compare_latency lasts >= SAMPLE_S, long enough to
+    average over the scheduler's time slices on a shared machine (a 2 ms sample is preempted or not)."""
+
+    def __init__(self, model: nn.Module, inner: int):
+        super().__init__()
+        self.model, self.inner = model, inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.inner - 1):
+            self.model(x)
+        return self.model(x)
+
+
+class LatencyMeter:
+    """`compare_latency` of a frozen copy of the unpruned model against the current one, with samples of
+    >= SAMPLE_S and as many pairs (MIN_REPEATS to MAX_REPEATS) as fit MEASURE_S."""
+
+    def __init__(self, model: nn.Module, input_shape: Tuple[int, ...], device: torch.device, dtype: str,
+                 batch: int, target: float):
+        self.base = copy.deepcopy(model).to(LATENCY_DTYPES[dtype]).eval()
+        self.target = target
+        self.input_shape, self.device, self.dtype, self.batch = input_shape, torch.device(device), dtype, batch
+        forward_s = self.forward_seconds()
+        self.inner = max(1, min(MAX_INNER, math.ceil(SAMPLE_S / forward_s)))
+        sample_s = self.inner * forward_s
+        self.repeats = max(MIN_REPEATS, min(MAX_REPEATS, math.ceil(MEASURE_S / (2 * sample_s))))
+        self.warmup = 1 if sample_s > LONG_SAMPLE_S else WARMUP  # a long sample warms itself up
+
+    def forward_seconds(self) -> float:
+        """One forward of the base model, warm (the fastest of three)."""
+        x = torch.randn(self.batch, *self.input_shape, device=self.device, dtype=LATENCY_DTYPES[self.dtype])
+        times = []
+        with torch.inference_mode():
+            for _ in range(3):
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                started = time.perf_counter()
+                self.base(x)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                times.append(time.perf_counter() - started)
+        return max(min(times), 1e-6)
+
+    def measurement_seconds(self) -> float:
+        """About what one measurement of the unpruned model costs: both models, warm-up and pairs."""
+        return 2 * (self.warmup + self.repeats) * self.inner * self.forward_seconds()
+
+    def __call__(self, model: nn.Module, step: int, macs_speed_up: float, confirmation: bool) -> Measurement:
+        started = time.perf_counter()
+        deployed = as_deployed(model, self.dtype)
+        row = self._compare(deployed, self.repeats)
+        if row["noisy"] and row["ratio_q1"] < self.target <= row["ratio_q3"]:
+            # an IQR wider than MAX_SPREAD of the median (a busy machine) that leaves the decision open:
+            # once more, twice as long
+            row = self._compare(deployed, 2 * self.repeats)
+        return Measurement(step, macs_speed_up, row["ratio"], row["ratio_q1"], row["ratio_q3"],
+                           time.perf_counter() - started, confirmation, bool(row["noisy"]))
+
+    def _compare(self, model: nn.Module, repeats: int) -> dict:
+        return compare_latency(_Repeated(self.base, self.inner), _Repeated(model, self.inner), self.input_shape,
+                               self.device, (self.batch,), warmup=self.warmup, repeats=repeats)[self.batch]
+
+
+class LatencyTargetError(UserError):
+    """The measured latency speed-up stayed below the target."""
+
+
+def why_missed(outcome: Outcome, target: float, max_pruning_ratio: float, budget: int) -> str:
+    """The likeliest causes of a missed target, for its one-line error."""
+    best = outcome.best
+    reasons = []
+    if max_pruning_ratio < 1.0:
+        reasons.append(f"pruning went as far as prune.max_pruning_ratio={max_pruning_ratio} allows in "
+                       f"prune.iterative_steps={budget} steps")
+    else:
+        reasons.append(f"the step budget prune.iterative_steps={budget} ended")
+    if best is not None and best.macs_speed_up >= BOUND * target:
+        reasons.append(f"latency is bound by what pruning does not shrink (layers that are not pruned, per-layer "
+                       f"overhead): {best.ratio:.2f}x faster at {best.macs_speed_up:.2f}x fewer MACs")
+    return "; ".join(reasons)
+
+
+def overshoot(outcome: Outcome, target: float) -> Optional[str]:
+    """A line when the confirmed speed-up lies far above the target and the last measurement below it was
+    several steps earlier: latency jumped in between, and pruning cannot be undone."""
+    final = outcome.final
+    below = [m for m in outcome.measurements if m.ratio < target and not m.confirmation]
+    if final is None or not below or final.ratio < OVERSHOOT * target or below[-1].step >= final.step - 1:
+        return None
+    last = below[-1]
+    return (f"prune: latency jumped from {last.ratio:.2f}x at {last.macs_speed_up:.2f}x MACs (step {last.step}) to "
+            f"{final.ratio:.2f}x at {final.macs_speed_up:.2f}x MACs (step {final.step}), past the {target}x target: "
+            "some widths leave a kernel's fast path; prune.round_to=auto keeps them on it")
+
+
+def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: MacCounter, target: float,
+                     meter: LatencyMeter, *, calibrate: Optional[Callable[[], None]] = None,
+                     describe: str = "model", on_step: Optional[Callable[[int, int, float], None]] = None,
+                     say: Callable[[str], None] = lambda text: None) -> dict:
+    """Prune in the pruner's small steps until the measured latency speed-up reaches `target` (confirmed);
+    the result of progressive_prune plus "latency": what was measured, and what measuring cost."""
+    base_macs, base_params = counter.count(model)
+    where = f"batch {meter.batch}, {meter.device.type} {meter.dtype}"
+    started = time.perf_counter()
+    rule = StoppingRule(target)
+    cost = meter.measurement_seconds() if target > 1.0 else 0.0
+
+    def prune_step(step: int) -> float:
+        if calibrate is not None:
+            calibrate()
+        pruner.step()
+        sync_after_pruning(model)
+        speed_up = base_macs / counter.count(model)[0]
+        if on_step is not None:
+            on_step(step, pruner.iterative_steps, speed_up)
+        return speed_up
+
+    def measure(step: int, macs_speed_up: float, confirmation: bool) -> Measurement:
+        m = meter(model, step, macs_speed_up, confirmation)
+        say(f"prune step {step}: measured latency speed-up {m.ratio:.3f}x [{m.q1:.2f}-{m.q3:.2f}] ({where}) at "
+            f"{macs_speed_up:.3f}x MACs, target {target}x" + (" (confirmation)" if confirmation else ""))
+        return m
+
+    def decide(step_seconds: float) -> bool:
+        every = cost <= CHEAP * step_seconds
+        say(f"prune: one latency measurement takes about {cost:.2f} s, a pruning step {step_seconds:.2f} s: "
+            + ("measuring after every step" if every else "predicting from MACs and measuring near the target"))
+        return every
+
+    if target <= 1.0:
+        outcome = Outcome(True, 0, 1.0, None)
+    else:
+        outcome = run_to_target(rule, pruner.iterative_steps, prune_step, measure, decide)
+    model.zero_grad(set_to_none=True)
+    if not outcome.reached:
+        best = outcome.best
+        raise LatencyTargetError(
+            f"{describe} reached a measured latency speed-up of only {best.ratio:.2f}x ({where}, at "
+            f"{best.macs_speed_up:.2f}x fewer MACs) of the {target}x target: "
+            f"{why_missed(outcome, target, pruner.max_pruning_ratio, pruner.iterative_steps)}; lower prune.speed_up"
+            + (", or measure at a larger prune.latency_batch" if meter.batch < 64 else ""))
+    jump = overshoot(outcome, target)
+    if jump:
+        say(jump)
+    macs, params = counter.count(model)
+    final = outcome.final
+    latency = {"target": target, "batch": meter.batch, "device": meter.device.type, "dtype": meter.dtype,
+               "device_name": device_name(meter.device),
+               "speed_up": final.ratio if final else 1.0, "speed_up_iqr": [final.q1, final.q3] if final else [1.0, 1.0],
+               "noisy": bool(final and final.noisy),
+               "measurements": len(outcome.measurements), "every_step": outcome.every_step,
+               "measure_s": sum(m.seconds for m in outcome.measurements), "prune_s": time.perf_counter() - started,
+               "history": [asdict(m) for m in outcome.measurements]}
+    return {"steps": outcome.steps, "speed_up": base_macs / macs, "base_macs": base_macs, "macs": macs,
+            "base_params": base_params, "params": params, "latency": latency}
+
+
+def prune_to_latency_in_run(state, model: nn.Module, pruner: tp.pruner.BasePruner,
+                            calibrate: Optional[Callable[[], None]], describe: str,
+                            on_step: Callable[[int, int, float], None]) -> dict:
+    """The prune stage's latency target: measured on the run's device, at prune.latency_batch, in
+    eval.latency_dtype, against a copy of the model as it enters the stage."""
+    cfg = state.cfg
+    dtype = resolve_latency_dtype(cfg.eval.latency_dtype, state.device)
+    meter = LatencyMeter(model, (3, state.input_size, state.input_size), state.device, dtype,
+                         cfg.prune.latency_batch, cfg.prune.speed_up)
+    result = prune_to_latency(model, pruner, MacCounter(model, state.data.example_input(1)), cfg.prune.speed_up,
+                              meter, calibrate=calibrate, describe=describe, on_step=on_step, say=state.say)
+    lat = result["latency"]
+    state.say(f"prune: measured latency speed-up {lat['speed_up']:.2f}x (batch {lat['batch']}, {lat['device']} "
+              f"{lat['dtype']}), confirmed; {lat['measurements']} measurements took {lat['measure_s']:.1f} s of "
+              f"{lat['prune_s']:.1f} s of pruning")
+    if lat["noisy"]:
+        state.warn(f"prune: the confirming latency measurement was NOISY (its IQR is wider than {MAX_SPREAD:.0%} of "
+                   "its median): the machine was busy; rerun on an idle machine")
+    return result

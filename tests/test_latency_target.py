@@ -1,0 +1,237 @@
+"""prune.target=latency: the stopping rule under a fake, noisy and non-monotone timer, the one-line error of an
+unreachable target, round_to=auto, and the options' checks and stage hash. No real timing is asserted."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from prune_runner.config import RunConfig
+from prune_runner.errors import UnknownChoiceError, UserError
+from prune_runner.pruning import (
+    ROUND_TO,
+    LatencyTargetError,
+    MacCounter,
+    build_pruner,
+    check_round_to,
+    get_method,
+    progressive_prune,
+    prune_to_latency,
+    resolve_round_to,
+)
+from prune_runner.pruning.latency_target import Measurement, StoppingRule, run_to_target
+from prune_runner.records import StageInputs, own_config
+
+
+def fake_timer(ratios):
+    """measure(step, macs, confirmation) returning the next of `ratios`; the calls are kept."""
+    calls = []
+    values = iter(ratios)
+
+    def measure(step, macs, confirmation):
+        r = next(values)
+        calls.append((step, r, confirmation))
+        return Measurement(step, macs, r, r * 0.97, r * 1.03, 0.0, confirmation)
+
+    return measure, calls
+
+
+def test_a_lucky_measurement_is_confirmed_before_pruning_stops():
+    """Measuring after every step: a noisy sequence that touches the target once by luck (1.52, then 1.38 on
+    the fresh measurement), falls back, and only later holds it twice in a row."""
+    measure, calls = fake_timer([1.05, 1.12, 1.08, 1.52, 1.38, 1.30, 1.47, 1.44, 1.56, 1.53, 9.9])
+    outcome = run_to_target(StoppingRule(1.5, every_step=True), 50, lambda step: 1 + 0.1 * step, measure)
+    assert outcome.reached and outcome.final.confirmation and outcome.final.ratio == 1.53
+    assert [(step, r) for step, r, confirm in calls if confirm] == [(4, 1.38), (8, 1.53)]
+    assert outcome.steps == 8 and len(outcome.measurements) == 10  # the lucky 1.52 alone did not stop it
+
+
+def test_predicting_from_macs_measures_a_few_times_near_the_target():
+    """Latency ~ MACs^0.55 with +-4% noise and a slower width every fifth step; the first measurement waits
+    for the MACs target, the stop is confirmed, and the true speed-up there is within 5% of the target."""
+    rng = random.Random(0)
+
+    def truth(macs):
+        return macs ** 0.55
+
+    def measure(step, macs, confirmation):
+        r = truth(macs) * (1 + rng.uniform(-0.04, 0.04)) * (0.9 if step % 5 == 0 else 1.0)
+        return Measurement(step, macs, r, r, r, 0.0, confirmation)
+
+    for target in (1.5, 2.0):
+        outcome = run_to_target(StoppingRule(target), 200, lambda step: 1.02 ** step, measure)
+        assert outcome.reached and outcome.final.confirmation
+        assert outcome.measurements[0].macs_speed_up >= target  # nothing measured before the MACs target
+        assert len(outcome.measurements) <= 8
+        assert truth(outcome.macs_speed_up) >= 0.95 * target
+
+
+def test_the_rule_measures_every_step_only_where_that_is_cheap():
+    measure, calls = fake_timer([1.0] * 100)
+    run_to_target(StoppingRule(3.0), 40, lambda step: 1 + 0.01 * step, measure, lambda step_s: False)
+    assert len(calls) == 1  # only at the end of the budget: the MACs target was never reached
+    measure, calls = fake_timer([1.0] * 100)
+    run_to_target(StoppingRule(3.0), 40, lambda step: 1 + 0.01 * step, measure, lambda step_s: True)
+    assert len(calls) == 40
+
+
+def _tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
+class SlowMeter:
+    """Stands in for LatencyMeter: latency barely follows MACs (bound by what pruning does not shrink)."""
+
+    batch, dtype, device = 1, "fp32", torch.device("cpu")
+
+    def measurement_seconds(self):
+        return 1.0
+
+    def __call__(self, model, step, macs_speed_up, confirmation):
+        r = min(1.2, 1 + 0.05 * (macs_speed_up - 1))
+        return Measurement(step, macs_speed_up, r, r, r, 0.0, confirmation)
+
+
+def test_an_unreachable_latency_target_is_one_line_with_the_best_speed_up_and_why():
+    model = _tiny_net()
+    x = torch.randn(1, 3, 8, 8)
+    pruner = build_pruner(model, x, get_method("l1"), 10, steps=20, max_pruning_ratio=0.9)
+    with pytest.raises(LatencyTargetError) as err:
+        prune_to_latency(model, pruner, MacCounter(model, x), 2.0, SlowMeter(), describe="model tiny")
+    text = str(err.value)
+    assert "\n" not in text and isinstance(err.value, UserError)
+    assert "model tiny reached a measured latency speed-up of only 1.20x (batch 1, cpu fp32" in text
+    assert "prune.max_pruning_ratio=0.9" in text and "latency is bound by what pruning does not shrink" in text
+
+
+def test_round_to_auto_keeps_pruned_widths_at_the_devices_multiple():
+    multiple = resolve_round_to("auto", torch.device("cpu"), "fp32")
+    assert multiple == ROUND_TO[("cpu", "fp32")].value > 1
+    model = _tiny_net()
+    x = torch.randn(1, 3, 8, 8)
+    pruner = build_pruner(model, x, get_method("l1"), 10, steps=20, round_to=multiple)
+    result = progressive_prune(model, pruner, MacCounter(model, x), 2.5)
+    assert result["speed_up"] >= 2.5
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert widths != [32, 64] and all(w % multiple == 0 for w in widths), widths
+
+
+def test_round_to_table_and_checks():
+    for (device, dtype), entry in ROUND_TO.items():
+        assert device in ("cpu", "cuda") and dtype in ("fp32", "bf16", "fp16") and entry.value >= 1
+        assert len(entry.evidence) > 40  # the measurement (or source) that justifies it
+    assert {(d, t) for d in ("cpu", "cuda") for t in ("fp32", "bf16", "fp16")} == set(ROUND_TO)
+    assert resolve_round_to(12, torch.device("cpu"), "fp32") == 12 and resolve_round_to(None, "cpu", "fp32") is None
+    for bad in ("fast", 0, True, 2.5):
+        with pytest.raises(UserError, match="prune.round_to=.* is invalid; it is an integer >= 1, auto"):
+            check_round_to(bad)
+
+
+def test_bad_target_and_dtype_name_the_choices():
+    from prune_runner.validate import validate
+
+    cfg = RunConfig()
+    cfg.model.name = "resnet20"
+    cfg.prune.target = "speed"
+    with pytest.raises(UnknownChoiceError, match="unknown prune.target 'speed'; choose one of: latency, macs"):
+        validate(cfg)
+    cfg.prune.target = "latency"
+    cfg.eval.latency_dtype = "int8"
+    with pytest.raises(UnknownChoiceError, match="eval.latency_dtype 'int8'; choose one of: bf16, fp16, fp32"):
+        validate(cfg)
+
+
+def test_the_prune_stage_hash_holds_the_device_only_where_it_matters():
+    inputs = StageInputs(dataset="d", base_checkpoint=None, world_size=1, amp=False, device="CPU X, 2 thread(s)",
+                         latency_dtype="fp32")
+    cfg = RunConfig()
+    macs = own_config(cfg, "prune", True, inputs)
+    assert "prune.target" not in macs and "prune.latency_batch" not in macs and "env.device" not in macs
+    cfg.prune.target = "latency"
+    latency = own_config(cfg, "prune", True, inputs)
+    assert latency["prune.target"] == "latency" and latency["prune.latency_batch"] == 1
+    assert latency["env.device"] == "CPU X, 2 thread(s)" and latency["env.latency_dtype"] == "fp32"
+    other = own_config(cfg, "prune", True, replace(inputs, device="GPU Y"))
+    assert other != latency
+    cfg.prune.target, cfg.prune.round_to = "macs", "auto"
+    assert own_config(cfg, "prune", True, inputs)["env.device"] == "CPU X, 2 thread(s)"
+    assert "eval.latency_dtype" not in own_config(cfg, "eval", True, inputs)  # the default: as before it existed
+    cfg.eval.latency_dtype = "bf16"
+    assert own_config(cfg, "eval", True, inputs)["eval.latency_dtype"] == "bf16"
+
+
+def _results(kind: str, speed_up: float, latency: dict) -> dict:
+    target = {"kind": kind, "speed_up": speed_up}
+    if kind == "latency":
+        target.update(batch=1, device="cpu", dtype="fp32", speed_up_iqr=[1.5, 1.6], measurements=4, measure_s=2.0,
+                      reached=1.55)
+    return {"run_dir": f"r_{kind}", "choices": {"dataset": "digits", "model": "resnet20", "method": "l1"}, "seed": 0,
+            "overrides": f"prune.target={kind}", "acc_delta": -0.01, "speed_up": 2.4, "target_speed_up": speed_up,
+            "target": target, "params_ratio": 0.5, "latency": latency,
+            **{k: {"acc": 0.9, "macs": 1e6, "params": 1e5} for k in ("base", "pruned", "final")}}
+
+
+def test_results_and_report_show_macs_and_latency_speed_ups_side_by_side(tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from prune_runner.report import aggregate, format_row
+    from prune_runner.report.plots import tradeoff_figure
+    from prune_runner.report.results import _latency_summary, print_results
+
+    compare = {bs: {"base_ms": 2.0, "final_ms": 1.0, "ratio": r, "ratio_q1": r - 0.05, "ratio_q3": r + 0.05,
+                    "spread": 0.07, "noisy": False} for bs, r in ((1, 1.52), (64, 1.9))}
+    lat = _latency_summary({"device": "cpu", "device_name": "CPU X, 1 thread(s)", "dtype": "fp32",
+                            "batch_sizes": [1, 64], "max_spread": 0.2, "compare": compare})
+    assert lat["dtype"] == "fp32" and lat["device_name"] == "CPU X, 1 thread(s)"
+    runs = [_results("latency", 1.5, lat), _results("macs", 2.0, lat)]
+    out = StringIO()
+    print_results(Console(file=out, width=300), runs[0])
+    text = out.getvalue()
+    assert "MACs speed-up 2.40x, params" in text and "(cpu, fp32, median, IQR) batch 1: 1.52x" in text
+    assert "latency target 1.5x at batch 1 (cpu, fp32): 1.55x [1.50-1.60] when pruning stopped" in text
+    rows = aggregate(runs)
+    cells = {row["overrides"]: format_row(row) for row in rows}
+    assert "1.5x latency (bs 1)" in cells["prune.target=latency"]
+    assert "1.52x (bs 1, cpu, fp32)" in cells["prune.target=latency"]  # the target's batch, not the largest
+    assert "2x" in cells["prune.target=macs"] and "1.90x (bs 64, cpu, fp32)" in cells["prune.target=macs"]
+    fig = tradeoff_figure(rows, [])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["digits/resnet20", "digits/resnet20: latency (bs 1, cpu, fp32; bs 64, cpu, fp32)"]
+
+
+def test_the_meter_compares_a_frozen_copy_of_the_unpruned_model_with_the_current_one(monkeypatch):
+    """With a fake clock (the base model's samples take 3 ms, any other 2 ms): the ratio is 1.5, the meter's
+    copy does not follow the model as it is pruned, and the model keeps its training flag."""
+    from prune_runner import latency
+    from prune_runner.pruning.latency_target import LatencyMeter
+
+    model = _tiny_net().train()
+    meter = LatencyMeter(model, (3, 8, 8), torch.device("cpu"), "fp32", 2, 1.5)
+    assert meter.base is not model and meter.inner >= 1 and 6 <= meter.repeats <= 20
+    monkeypatch.setattr(latency, "_sample_ms", lambda m, x, inner: 3.0 if m.model is meter.base else 2.0)
+    model[0].weight.data.zero_()  # "pruned": the copy keeps the old weights
+    m = meter(model, 7, 2.0, confirmation=True)
+    assert (m.step, m.macs_speed_up, m.ratio, m.confirmation, m.noisy) == (7, 2.0, 1.5, True, False)
+    assert meter.base[0].weight.abs().sum() > 0 and model.training
+
+
+def test_a_jump_far_past_the_target_is_reported():
+    from prune_runner.pruning.latency_target import Outcome, overshoot
+
+    def m(step, ratio, confirmation=False):
+        return Measurement(step, 1 + step / 10, ratio, ratio, ratio, 0.0, confirmation)
+
+    jumped = Outcome(True, 51, 6.1, m(51, 3.4, True), [m(18, 1.1), m(41, 1.4), m(51, 3.3), m(51, 3.4, True)])
+    assert "latency jumped from 1.40x at 5.10x MACs (step 41) to 3.40x" in overshoot(jumped, 1.5)
+    assert "prune.round_to=auto" in overshoot(jumped, 1.5)
+    close = Outcome(True, 51, 6.1, m(51, 1.6, True), [m(41, 1.4), m(51, 1.6), m(51, 1.6, True)])
+    assert overshoot(close, 1.5) is None
