@@ -141,8 +141,9 @@ def write_report(rows: list, wall_s: float, args) -> str:
              "demo regularization from `prune_runner/pruning/method_defaults.py`. *Stale BN*: accuracy right "
              "after pruning with the BatchNorm "
              "statistics left as they were; *recalibrated*: after `prune.bn_recalibration_batches` (50) "
-             "training batches re-estimated them (the default). *near zero*: fraction of channels whose group "
-             "L2 norm is below 1e-2 after sparse training (methods with a regularizer).", ""]
+             "training batches re-estimated them (the default). *near zero*: fraction of channels whose "
+             "regularized quantity (the group L2 norm; the BatchNorm scale |gamma| for slim) is below 1e-2 "
+             "after sparse training (methods with a regularizer).", ""]
     for model in models:
         lines += [f"## {model}", "", "| method | speed-up (target → reached) | base | after pruning, stale BN | "
                   "after pruning, recalibrated | near zero |", "|---|---|---|---|---|---|"]
