@@ -21,16 +21,19 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/prune-run model=resnet20 dataset=digits method=group_norm schedule=demo prune.speed_up=2 run_dir=outputs/demo
 
+# the tests are single-threaded (tests/conftest.py): one worker process per core, a file per worker
+PYTEST := $(VENV)/bin/pytest -q -n 2 --dist loadfile
+
 test: install
-	$(VENV)/bin/pytest -q
+	$(PYTEST)
 
 # longer end-to-end tests and every CIFAR model x method (tens of minutes on 2 CPU cores)
 test-slow: install
-	$(VENV)/bin/pytest -q -m slow
+	$(PYTEST) -m slow
 
 # every torchvision classification model, built and pruned with two methods (about an hour on 2 CPU cores)
 test-walk: install
-	$(VENV)/bin/pytest -q -m walk
+	$(PYTEST) -m walk
 
 bench: install
 	$(PY) scripts/bench_regularizer.py
