@@ -18,12 +18,14 @@ E2E_METHODS = ["group_norm", pytest.param("slim", marks=SLOW), pytest.param("gro
 
 @pytest.fixture(scope="module")
 def shared_root(tmp_path_factory):
-    """One out_root for every method: the first run pretrains, the others reuse it from the stage cache."""
-    return tmp_path_factory.mktemp("e2e")
+    """One out_root for every method: the first run pretrains, the others reuse it from the stage cache.
+    Which run is first depends on the selection (`make test` or `make test-slow`): `ran` lists them."""
+    return tmp_path_factory.mktemp("e2e"), []
 
 
 @pytest.mark.parametrize("method", E2E_METHODS)
 def test_pipeline_end_to_end(shared_root, method):
+    shared_root, ran = shared_root
     run_dir = shared_root / method
     args = ["model=resnet20", f"method={method}", "prune.speed_up=1.5", f"run_dir={run_dir}",
             f"out_root={shared_root / 'outputs'}", *FAST]
@@ -48,7 +50,9 @@ def test_pipeline_end_to_end(shared_root, method):
     assert (run_dir / "sparsity.png").read_bytes()[:4] == b"\x89PNG"
     assert "top-1 acc" in proc.stdout
 
-    if method != E2E_METHODS[0]:
+    first = not ran
+    ran.append(method)
+    if not first:
         assert "pretrain: reused from" in proc.stdout
         return
     again = run_cli(args, cwd=shared_root)  # the same command again: everything is finished

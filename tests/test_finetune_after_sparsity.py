@@ -17,7 +17,9 @@ def test_finetune_keeps_the_accuracy_after_pruning(tmp_path):
     sparse = records["sparse_train"]["metrics"]
     assert sparse["reg_frac_below_1e-2"] > 0.3, sparse  # the strong regularizer did sparsify
     pruned = records["prune"]["metrics"]
-    assert pruned["zeroed_filters"] > 0 and pruned["speed_up"] >= 3
+    # live filters rescaled; whether any kept channel is dead (and zeroed) depends on how far the MACs target
+    # reaches into the near-zero ones (tests/test_weight_scale.py covers the zeroing itself)
+    assert pruned["rescaled_filters"] > 0 and pruned["speed_up"] >= 3
     final = records["finetune"]["metrics"]["acc"]
     assert final >= pruned["acc"] - 0.01, (pruned["acc"], final)
     print(f"after pruning {pruned['acc']:.4f} (stale BN {pruned['acc_before_bn_recal']:.4f}), "
