@@ -28,7 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from .cli_search import check_sweeper, store_optuna_preset
-from .config import RunConfig
+from .config import RunConfig, dotted
 from .errors import UnknownChoiceError, UserError
 
 GROUPS = ("model", "dataset", "method", "schedule", "experiment")
@@ -169,23 +169,13 @@ def preset_notes(argv: List[str]) -> List[str]:
             if group == "experiment" or group not in body:
                 continue
             flat = OmegaConf.to_container(body[group])
-            kept = {f"{group}.{k}": v for k, v in _flatten(flat).items() if f"{group}.{k}" not in explicit}
+            kept = {f"{group}.{k}": v for k, v in dotted(flat).items() if f"{group}.{k}" not in explicit}
             if kept:
                 values = " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in kept.items())
                 notes.append(f"note: {group}={override.get_value_element_as_str()} replaces the {group} of "
                              f"experiment={preset}, whose own {values} still apply (set them on the command line "
                              "to change them)")
     return notes
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def reprune_command(argv: List[str], run_dir: Path, speed_up: float) -> str:

@@ -148,3 +148,14 @@ class RunConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     export: List[str] = field(default_factory=list)  # onnx, torchscript
     progress: bool = True  # rich progress bars
+
+
+def dotted(tree: dict, prefix: str = "") -> dict:
+    """A nested config dict as {"group.key": value}, the spelling of command-line overrides."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -31,7 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from .config import STAGES, RunConfig
+from .config import STAGES, RunConfig, dotted
 from .errors import UserError
 from .files import atomic_write_json
 from .metrics_log import MetricsLog
@@ -61,18 +61,8 @@ def run_name(cfg: RunConfig, overrides: str) -> str:
     return f"{cfg.dataset.name}/{cfg.model.name}/{cfg.method.name}/{overrides or 'default'}/seed{cfg.seed}"
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _numbers(tree: dict) -> dict:
-    return {k: float(v) for k, v in flatten(tree).items()
+    return {k: float(v) for k, v in dotted(tree).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
 
@@ -88,7 +78,7 @@ class MlflowTracker:
         self.logged: set = set()  # "stage:epoch" rows this MLflow run holds
         self.results_sha: Optional[str] = None  # of the results.json this MLflow run holds
         self.params = {k: (str(v) if v is not None else "None")[:MAX_PARAM_LENGTH]
-                       for k, v in flatten(asdict(cfg)).items()}
+                       for k, v in dotted(asdict(cfg)).items()}
         self.params_sha = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:16]
         self._guard("start", self._start)
 
