@@ -25,25 +25,27 @@ SLOW_MOMENTUM = 0.1  # BatchNorm layers with a smaller running-average momentum 
 CALIB_BATCHES = 50  # training batches averaged per recalibration, at most
 
 
+def batchnorms(model: nn.Module) -> List[_BatchNorm]:
+    """The BatchNorm layers that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
 def slow_batchnorms(model: nn.Module) -> List[_BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats
-            and m.momentum is not None and m.momentum < SLOW_MOMENTUM]
+    return [m for m in batchnorms(model) if m.momentum is not None and m.momentum < SLOW_MOMENTUM]
 
 
 @torch.no_grad()
-def recalibrate_slow_batchnorms(model: nn.Module, batches: Iterable, fast, device: torch.device,
-                                every_layer: bool = False) -> int:
-    """Recompute the running statistics of the slow BatchNorm layers (of every one with `every_layer`);
-    returns how many were."""
-    slow = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats] if every_layer \
-        else slow_batchnorms(model)
-    if not slow:
+def recalibrate_batchnorms(model: nn.Module, layers: List[_BatchNorm], batches: Iterable, fast,
+                           device: torch.device) -> int:
+    """Recompute the running statistics of `layers` (BatchNorm layers of `model`) as plain averages over
+    `batches`, leaving the others' unchanged; returns how many were."""
+    if not layers:
         return 0
     all_bn = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     saved = {m: m.momentum for m in all_bn}
     was_training = model.training
     for m in all_bn:
-        if m in slow:
+        if m in layers:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the batches below
         else:
@@ -59,4 +61,4 @@ def recalibrate_slow_batchnorms(model: nn.Module, batches: Iterable, fast, devic
         for m, momentum in saved.items():
             m.momentum = momentum
         model.train(was_training)
-    return len(slow)
+    return len(layers)

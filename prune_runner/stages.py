@@ -11,7 +11,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from .bn_recal import batches_for, recalibrate_bn, restore_weight_scale
-from .bn_stats import recalibrate_slow_batchnorms, slow_batchnorms
+from .bn_stats import batchnorms, recalibrate_batchnorms, slow_batchnorms
 from .config import STAGES, StageSchedule
 from .data.base import stream_seed
 from .distill import Distiller
@@ -119,8 +119,9 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
         torch._dynamo.reset()  # the model may have changed shape since the last compile (pruning)
         train_model = torch.compile(train_model)
     data_seed = stream_seed(cfg.seed, STAGES.index(run.name))  # distinct shuffles per stage, fixed per seed
-    slow_bn = bool(slow_batchnorms(model))
-    every_bn = regularizer is not None  # shrinking weights outrun every running average (bn_stats.py)
+    # re-estimated before each validation: slow ones (momentum 0.01) lag far behind in a short schedule, and
+    # under a regularizer the shrinking weights outrun every running average (bn_stats.py)
+    stale_bn = batchnorms(model) if regularizer is not None else slow_batchnorms(model)
     last: dict = {}
     with stage_progress(state.console, cfg.progress and state.dist.is_main, run.name, sched.epochs, start) as bar:
         for epoch in range(start, sched.epochs):
@@ -137,9 +138,9 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
                                regularize=reg_fn, criterion=criterion)
             if on_epoch_end is not None:
                 on_epoch_end()
-            if slow_bn or every_bn:  # slow ones (momentum 0.01) lag far behind in a short schedule
-                recalibrate_slow_batchnorms(model, data.train_batches(sched.batch_size, epoch, data_seed),
-                                            state.fast, state.device, every_layer=every_bn)
+            if stale_bn:
+                recalibrate_batchnorms(model, stale_bn, data.train_batches(sched.batch_size, epoch, data_seed),
+                                       state.fast, state.device)
             val = evaluate(model, data.eval_batches(EVAL_BATCH), state.device, state.fast)
             last.update(val_acc=val["acc"], val_loss=val["loss"])
             if regularizer is not None:
@@ -208,7 +209,7 @@ def sparse_train(state: RunState, run: StageRun):
 WEAK_SPARSITY = 0.05  # below this fraction of channels near zero, sparse training did almost nothing
 
 
-def weak_sparsity_warning(frac_below: float, reg: float, near_zero: str = "a group L2 norm") -> str | None:
+def weak_sparsity_warning(frac_below: float, reg: float, near_zero: str = Regularizer.NEAR_ZERO) -> str | None:
     """One line when sparse training left almost no channel near zero, with a stronger coefficient to try."""
     if frac_below >= WEAK_SPARSITY:
         return None

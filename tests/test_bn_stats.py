@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from prune_runner.bn_stats import recalibrate_slow_batchnorms, slow_batchnorms
+from prune_runner.bn_stats import batchnorms, recalibrate_batchnorms, slow_batchnorms
 from prune_runner.models import build_model
 from prune_runner.train import Fast
 
@@ -14,7 +14,8 @@ def test_slow_batchnorm_statistics_are_recomputed_and_fast_ones_kept():
     slow, fast = nn.BatchNorm2d(3, momentum=0.01), nn.BatchNorm2d(3, momentum=0.1)
     model = nn.Sequential(slow, fast).eval()
     batches = [(5 + torch.randn(8, 3, 4, 4), None) for _ in range(10)]
-    n = recalibrate_slow_batchnorms(model, batches, Fast(amp=False, channels_last=False), torch.device("cpu"))
+    n = recalibrate_batchnorms(model, slow_batchnorms(model), batches, Fast(amp=False, channels_last=False),
+                               torch.device("cpu"))
     assert n == 1 and not model.training
     expected = torch.cat([x for x, _ in batches]).mean(dim=(0, 2, 3))
     assert torch.allclose(slow.running_mean, expected, atol=1e-4)  # a plain average, not 1% per batch
@@ -30,8 +31,8 @@ def test_every_layer_recomputes_the_fast_ones_too():
     slow, fast = nn.BatchNorm2d(3, momentum=0.01), nn.BatchNorm2d(3, momentum=0.1)
     model = nn.Sequential(slow, fast).eval()
     batches = [(5 + torch.randn(8, 3, 4, 4), None) for _ in range(10)]
-    n = recalibrate_slow_batchnorms(model, batches, Fast(amp=False, channels_last=False), torch.device("cpu"),
-                                    every_layer=True)
+    n = recalibrate_batchnorms(model, batchnorms(model), batches, Fast(amp=False, channels_last=False),
+                               torch.device("cpu"))
     assert n == 2 and fast.momentum == 0.1
     assert torch.allclose(fast.running_mean, torch.zeros(3), atol=1e-4)  # slow's output: normalized, mean 0
     assert torch.allclose(fast.running_var, torch.ones(3), atol=1e-2)
@@ -46,9 +47,10 @@ def test_sparse_training_reestimates_every_batchnorm_before_it_validates(tmp_pat
     from prune_runner.pipeline import run_pipeline
 
     calls = []
-    real = stages.recalibrate_slow_batchnorms
-    monkeypatch.setattr(stages, "recalibrate_slow_batchnorms",
-                        lambda *a, **k: calls.append(k.get("every_layer")) or real(*a, **k))
+    real = stages.recalibrate_batchnorms
+    monkeypatch.setattr(stages, "recalibrate_batchnorms",
+                        lambda model, layers, *a: calls.append(len(layers) == len(batchnorms(model)))
+                        or real(model, layers, *a))
     cfg = tiny_config(tmp_path, "resnet20", "group_norm")
     cfg.model.input_size = 8
     cfg.stages = ["pretrain", "sparse_train"]
