@@ -19,7 +19,7 @@ import math
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -99,7 +99,8 @@ def measure_latency(
 
 
 def _interleaved_samples(base: nn.Module, final: nn.Module, xb: torch.Tensor, xf: torch.Tensor,
-                         warmup: int, repeats: int) -> Tuple[List[float], List[float]]:
+                         warmup: int, repeats: int, stop: Optional[Callable[[List[float]], bool]] = None,
+                         ) -> Tuple[List[float], List[float]]:
     inner = min(_inner_count(base, xb, warmup), _inner_count(final, xf, warmup))
     base_ms, final_ms = [], []
     for i in range(repeats):
@@ -110,6 +111,8 @@ def _interleaved_samples(base: nn.Module, final: nn.Module, xb: torch.Tensor, xf
         else:
             final_ms.append(_sample_ms(final, xf, inner))
             base_ms.append(_sample_ms(base, xb, inner))
+        if stop is not None and stop([b / f for b, f in zip(base_ms, final_ms)]):
+            break
     return base_ms, final_ms
 
 
@@ -121,19 +124,21 @@ def compare_latency(
     batch_sizes: Sequence[int] = (1, 64),
     warmup: int = 5,
     repeats: int = 20,
+    stop: Optional[Callable[[List[float]], bool]] = None,
 ) -> Dict[int, Dict[str, float]]:
     """Per batch size: base_ms and final_ms (medians, ms per batch), ratio (median of the per-repetition
-    base / final ratios), ratio_q1 and ratio_q3 (its interquartile range), spread ((q3 - q1) / median)
-    and noisy (spread > MAX_SPREAD)."""
+    base / final ratios), ratio_q1 and ratio_q3 (its interquartile range), spread ((q3 - q1) / median),
+    noisy (spread > MAX_SPREAD) and repeats (the pairs taken). `stop(ratios so far)`, asked after each pair,
+    may end a measurement before `repeats` pairs (a sequential test that has its answer)."""
     device = torch.device(device)
     results: Dict[int, Dict[str, float]] = {}
     with _eval_mode(base, final):
         for batch in batch_sizes:
             xb, xf = _input(base, batch, input_shape, device), _input(final, batch, input_shape, device)
-            base_ms, final_ms = _interleaved_samples(base, final, xb, xf, warmup, repeats)
+            base_ms, final_ms = _interleaved_samples(base, final, xb, xf, warmup, repeats, stop)
             q1, ratio, q3 = quartiles([b / f for b, f in zip(base_ms, final_ms)])
             spread = (q3 - q1) / ratio
             results[batch] = {"base_ms": statistics.median(base_ms), "final_ms": statistics.median(final_ms),
                               "ratio": ratio, "ratio_q1": q1, "ratio_q3": q3, "spread": spread,
-                              "noisy": spread > MAX_SPREAD, "repeats": repeats}
+                              "noisy": spread > MAX_SPREAD, "repeats": len(base_ms)}
     return results

@@ -246,12 +246,14 @@ def prune(state: RunState, run: StageRun):
                   + (" measured latency" if cfg.prune.target == "latency" else ""))
 
     describe = f"model {cfg.model.name} with method {cfg.method.name}"
-    if cfg.prune.target == "latency":
+    if cfg.prune.target == "latency":  # may step back to an earlier, rebuilt model (a jump past the target)
         result = prune_to_latency_in_run(state, model, pruner, calibrate, describe, on_step)
+        model, history = result.pop("model"), result.pop("history")
     else:
         result = progressive_prune(model, pruner, MacCounter(model, example), cfg.prune.speed_up,
                                    calibrate=calibrate, describe=describe, on_step=on_step)
-    state.history = state.history + [tuple(h) for h in pruner.pruning_history()]
+        history = pruner.pruning_history()
+    state.history = state.history + [tuple(h) for h in history]
     state.model = state.to_device(model)  # pruned layers are new Parameters: keep device and memory format
     stale = measure(state, state.model) if cfg.prune.bn_recalibration_batches > 0 else None
     if stale is not None:

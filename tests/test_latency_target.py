@@ -3,12 +3,15 @@ unreachable target, round_to=auto, and the options' checks and stage hash. No re
 
 from __future__ import annotations
 
+import copy
+import json
 import random
 from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import results_of
 
 from prune_runner.config import RunConfig
 from prune_runner.errors import UnknownChoiceError, UserError
@@ -224,14 +227,138 @@ def test_the_meter_compares_a_frozen_copy_of_the_unpruned_model_with_the_current
     assert meter.base[0].weight.abs().sum() > 0 and model.training
 
 
-def test_a_jump_far_past_the_target_is_reported():
+def _m(step, ratio, confirmation=False):
+    return Measurement(step, 1 + step / 10, ratio, ratio, ratio, 0.0, confirmation)
+
+
+def test_a_jump_far_past_the_target_that_bisection_cannot_undo_is_reported():
     from prune_runner.pruning.latency_target import Outcome, overshoot
 
-    def m(step, ratio, confirmation=False):
-        return Measurement(step, 1 + step / 10, ratio, ratio, ratio, 0.0, confirmation)
+    jumped = Outcome(True, 42, 5.2, _m(42, 3.4, True), [_m(18, 1.1), _m(41, 1.4), _m(42, 3.3), _m(42, 3.4, True)])
+    line = overshoot(jumped, 1.5, None)
+    assert "latency jumped from 1.40x at 5.10x MACs (step 41) to 3.40x" in line and "prune.round_to=auto" in line
+    assert "more prune.iterative_steps" in overshoot(jumped, 1.5, 8)  # rounded widths: smaller steps help
+    close = Outcome(True, 51, 6.1, _m(51, 1.6, True), [_m(41, 1.4), _m(51, 1.6), _m(51, 1.6, True)])
+    assert overshoot(close, 1.5, None) is None
 
-    jumped = Outcome(True, 51, 6.1, m(51, 3.4, True), [m(18, 1.1), m(41, 1.4), m(51, 3.3), m(51, 3.4, True)])
-    assert "latency jumped from 1.40x at 5.10x MACs (step 41) to 3.40x" in overshoot(jumped, 1.5)
-    assert "prune.round_to=auto" in overshoot(jumped, 1.5)
-    close = Outcome(True, 51, 6.1, m(51, 1.6, True), [m(41, 1.4), m(51, 1.6), m(51, 1.6, True)])
-    assert overshoot(close, 1.5) is None
+
+def test_a_jump_is_bisected_back_to_the_earliest_step_that_reaches_the_target():
+    """Latency 1.4x up to step 46 and 3.4x from step 47 on; measured at 41 (below) and at 51 (a confirmed
+    3.4x, far past 1.5x): bisection measures steps 46, 48, 47 (46 below, the other two confirmed) and stops
+    at 47. A probe above the target whose confirmation falls short counts as below."""
+    from prune_runner.pruning.latency_target import Outcome, bisect_jump
+
+    calls = []
+
+    def measure_at(step, confirmation):
+        calls.append((step, confirmation))
+        return _m(step, 3.4 if step >= 47 else 1.4, confirmation)
+
+    stop = Outcome(True, 51, 6.1, _m(51, 3.4, True), [_m(18, 1.1), _m(41, 1.4), _m(51, 3.4), _m(51, 3.4, True)])
+    back = bisect_jump(stop, 1.5, measure_at)
+    assert back.reached and back.steps == 47 and back.final.confirmation and back.final.step == 47
+    assert calls == [(46, False), (48, False), (48, True), (47, False), (47, True)]
+    assert len(back.measurements) == 4 + len(calls)
+    adjacent = Outcome(True, 42, 5.2, _m(42, 3.4, True), [_m(41, 1.4), _m(42, 3.4, True)])
+    assert bisect_jump(adjacent, 1.5, measure_at) is adjacent and len(calls) == 5  # no step in between
+
+    calls.clear()
+    lucky = iter([1.6, 1.3])  # step 46: one lucky probe, not confirmed
+
+    def flaky_at(step, confirmation):
+        calls.append((step, confirmation))
+        return _m(step, next(lucky) if step == 46 else (3.4 if step >= 47 else 1.4), confirmation)
+
+    assert bisect_jump(stop, 1.5, flaky_at).steps == 47
+
+
+class StepMeter(SlowMeter):
+    """Latency 1.2x below 2x fewer MACs, 2.5x from there on: one jump."""
+
+    def __call__(self, model, step, macs_speed_up, confirmation):
+        model(torch.randn(1, 3, 8, 8))  # the model measured runs
+        r = 1.2 if macs_speed_up < 2.0 else 2.5
+        return Measurement(step, macs_speed_up, r, r, r, 0.0, confirmation)
+
+
+def test_prune_to_latency_steps_back_to_a_model_rebuilt_from_the_pruning_history():
+    from prune_runner.pruning import replay_pruning_history
+
+    model = _tiny_net()
+    entered = copy.deepcopy(model)
+    x = torch.randn(1, 3, 8, 8)
+    pruner = build_pruner(model, x, get_method("l1"), 10, steps=40, max_pruning_ratio=0.9)
+    counter = MacCounter(model, x)
+
+    def rebuild(history):
+        twin = copy.deepcopy(entered)
+        replay_pruning_history(twin, history, 10, 8)
+        return twin
+
+    lines = []
+    result = prune_to_latency(model, pruner, counter, 1.5, StepMeter(), rebuild=rebuild, say=lines.append)
+    history = result["latency"]["history"]
+    stopped = max(m["step"] for m in history if m["confirmation"])  # where pruning went before bisecting
+    assert result["steps"] < stopped and result["model"] is not model
+    assert len(result["history"]) < len(pruner.pruning_history())
+    assert result["speed_up"] >= 2.0 and result["latency"]["speed_up"] == 2.5
+    assert any(m["step"] == result["steps"] - 1 and m["macs_speed_up"] < 2.0 for m in history)
+    assert any("bisecting the steps in between" in line for line in lines)
+    again = rebuild(result["history"])  # the checkpoint's way: the history replayed on a fresh model
+    assert {k: v.shape for k, v in again.state_dict().items()} == \
+        {k: v.shape for k, v in result["model"].state_dict().items()}
+    assert counter.count(result["model"])[0] == result["macs"]
+
+
+def test_a_measurement_ends_early_once_every_pair_lies_on_one_side_of_the_target(monkeypatch):
+    """Three pairs at 1.5x settle 'is 1.2x reached?'; pairs that straddle 1.5x take the full measurement."""
+    from prune_runner import latency
+    from prune_runner.pruning.latency_target import DECISIVE, LatencyMeter
+
+    model = _tiny_net()
+    samples = []
+
+    def sample_ms(m, x, inner):
+        samples.append(m)
+        return 3.0 if m.model is meter.base else 2.0
+
+    meter = LatencyMeter(model, (3, 8, 8), torch.device("cpu"), "fp32", 1, 1.2)
+    monkeypatch.setattr(latency, "_sample_ms", sample_ms)
+    meter(model, 1, 2.0, False)
+    assert len(samples) == 2 * meter.warmup + 2 * DECISIVE
+    ratios = iter([1.4, 1.6] * 40)
+    state = {}
+
+    def straddling(m, x, inner):
+        if m.model is meter.base:
+            return 1.0
+        state["r"] = next(ratios)
+        return 1.0 / state["r"]
+
+    samples.clear()
+    meter.target = 1.5
+    monkeypatch.setattr(latency, "_sample_ms", lambda m, x, inner: samples.append(m) or straddling(m, x, inner))
+    meter(model, 1, 2.0, False)
+    assert len(samples) >= 2 * meter.warmup + 2 * meter.repeats
+
+
+def test_the_prune_stage_keeps_the_bisected_model_and_its_history(tmp_path, monkeypatch):
+    """A run whose (fake) latency jumps at 2x fewer MACs: the prune stage steps back to the earliest model
+    that reaches the target, and its checkpoint (history replayed on a fresh model) is that model."""
+    from inprocess import run_inprocess
+
+    from prune_runner.checkpoint import load_checkpoint, rebuild_model
+    from prune_runner.pruning.latency_target import LatencyMeter
+
+    monkeypatch.setattr(LatencyMeter, "measurement_seconds", lambda self: 1e3)  # predict from MACs
+    monkeypatch.setattr(LatencyMeter, "__call__", StepMeter.__call__)
+    run_dir = tmp_path / "run"
+    _, text = run_inprocess(run_dir, model="resnet20", method="l1", **{
+        "model.input_size": 8, "prune.target": "latency", "prune.speed_up": 1.5, "prune.iterative_steps": 40})
+    assert "bisecting the steps in between" in text
+    r = results_of(run_dir)
+    assert r["target"]["reached"] == 2.5 and r["pruned"]["macs"] <= r["base"]["macs"] / 2.0
+    model, history = rebuild_model(load_checkpoint(run_dir / "prune" / "checkpoint.pt"))
+    assert MacCounter(model, torch.randn(1, 3, 8, 8)).count(model)[0] == r["pruned"]["macs"]
+    steps = [m for m in json.loads((run_dir / "prune" / "done.json").read_text())["metrics"]["latency"]["history"]]
+    assert max(m["step"] for m in steps) > min(m["step"] for m in steps if m["confirmation"])  # it stepped back

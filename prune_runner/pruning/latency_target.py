@@ -12,11 +12,18 @@ smaller model slower), so the rule that stops never trusts one measurement:
      the point (1, 1)), at most MAX_JUMP further in MACs speed-up.
   2. A measurement at or above the target is confirmed by a fresh one before pruning stops. If the
      confirmation falls short, pruning goes on and the two count as one point at their mean.
-  3. A target not reached when the step budget ends is one line: the best speed-up measured, the MACs
+  3. A measurement ends after DECISIVE pairs when every pair lies on one side of the target (the usual case
+     far from it); only a measurement that straddles the target takes its full MEASURE_S.
+  4. A confirmed speed-up OVERSHOOT x the target or more, reached in a jump of several unmeasured steps
+     (widths that leave a kernel's fast path make latency fall in steps), is bisected: the models between
+     the last measurement below the target and the stop are rebuilt from the pruning history (replayed on a
+     copy of the model as it entered) and measured, and pruning stops at the earliest one confirmed.
+  5. A target not reached when the step budget ends is one line: the best speed-up measured, the MACs
      speed-up it took, and why (prune.max_pruning_ratio, or latency bound by what pruning does not shrink).
 
-`StoppingRule` holds the decisions and `run_to_target` the loop; both take plain callables, so the tests drive
-them with a fake timer. `prune_to_latency` wires them to a torch-pruning pruner and `compare_latency`.
+`StoppingRule` holds the decisions, `run_to_target` the loop and `bisect_jump` the way back; all take plain
+callables, so the tests drive them with a fake timer. `prune_to_latency` wires them to a torch-pruning pruner
+and `compare_latency`.
 """
 
 from __future__ import annotations
@@ -35,12 +42,15 @@ from ..errors import UserError
 from ..latency import MAX_SPREAD, compare_latency
 from ..latency_dtype import LATENCY_DTYPES, as_deployed, device_name, resolve_latency_dtype
 from .hints import sync_after_pruning
+from .history import replay_pruning_history
 from .macs import MacCounter
 
 SAMPLE_S = 0.02  # a timed sample lasts at least this long (several scheduler slices on a shared machine)
 MAX_INNER = 100  # forwards per sample at most
 MEASURE_S = 0.6  # pairs of samples per measurement: as many as fit this, within [MIN_REPEATS, MAX_REPEATS]
 MIN_REPEATS, MAX_REPEATS = 6, 20  # (twice as many for a noisy measurement that leaves the decision open)
+DECISIVE = 3  # pairs after which a measurement ends if every ratio so far lies on one side of the target: a
+#               median on the other side gives that with odds of 1 in 8, and a stop needs two such measurements
 WARMUP = 2  # samples of each model before a measurement (compare_latency's warm-up); 1 for samples longer
 LONG_SAMPLE_S = 0.25  # than this
 MAX_JUMP = 2.0  # a prediction moves the next measurement at most this factor further in MACs speed-up
@@ -49,7 +59,7 @@ FLAT_JUMP = 1.1  # the next measurement's distance when latency did not fall wit
 FIT_POINTS = 3  # measured models (the unpruned one included) the prediction's line is fitted to
 AIM = 1.03  # predictions aim this much above the target: a measurement just below it costs one more
 CHEAP = 1.0  # measure after every step where one measurement costs at most this many pruning steps
-OVERSHOOT = 1.2  # a confirmed speed-up this far above the target, reached in a jump, is reported
+OVERSHOOT = 1.2  # a confirmed speed-up this far above the target, reached in a jump, is bisected
 BOUND = 2.0  # a model whose MACs fell BOUND x the target while latency missed it is bound by unpruned parts
 
 
@@ -146,6 +156,42 @@ def run_to_target(rule: StoppingRule, budget: int, prune_step: Callable[[int], f
     return Outcome(False, budget, macs, best, measurements, rule.every_step)
 
 
+UNPRUNED = Measurement(0, 1.0, 1.0, 1.0, 1.0, 0.0)  # step 0: the model as it entered, by definition
+
+
+def jumped_from(outcome: Outcome, target: float) -> Optional[Measurement]:
+    """When the confirmed stop lies OVERSHOOT x the target or more above it: the latest measurement of a step
+    that did not stop pruning (UNPRUNED if none), the other side of the jump."""
+    final = outcome.final
+    if not outcome.reached or final is None or final.ratio < OVERSHOOT * target:
+        return None
+    earlier = [m for m in outcome.measurements if m.step < outcome.steps and not m.confirmation]
+    return max(earlier, key=lambda m: m.step, default=UNPRUNED)
+
+
+def bisect_jump(outcome: Outcome, target: float, measure_at: Callable[[int, bool], Measurement]) -> Outcome:
+    """After a jump (`jumped_from`): bisect the steps between the last measurement below the target and the
+    stop for the earliest one whose speed-up reaches the target, confirmed like any stop.
+    `measure_at(step, confirmation)` measures the model as it was after `step`."""
+    low = jumped_from(outcome, target)
+    if low is None or low.step >= outcome.steps - 1:  # no step in between to try
+        return outcome
+    lo, hi, final = low.step, outcome.steps, outcome.final
+    measurements = list(outcome.measurements)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        probe = measure_at(mid, False)
+        measurements.append(probe)
+        if probe.ratio >= target:
+            check = measure_at(mid, True)
+            measurements.append(check)
+            if check.ratio >= target:
+                hi, final = mid, check
+                continue
+        lo = mid
+    return Outcome(True, hi, final.macs_speed_up, final, measurements, outcome.every_step)
+
+
 class _Repeated(nn.Module):
     """`inner` forwards of a model per call: a sample of compare_latency lasts >= SAMPLE_S, long enough to
     average over the scheduler's time slices on a shared machine (a 2 ms sample is preempted or not)."""
@@ -169,14 +215,14 @@ class LatencyMeter:
         self.base = copy.deepcopy(model).to(LATENCY_DTYPES[dtype]).eval()
         self.target = target
         self.input_shape, self.device, self.dtype, self.batch = input_shape, torch.device(device), dtype, batch
-        forward_s = self.forward_seconds()
-        self.inner = max(1, min(MAX_INNER, math.ceil(SAMPLE_S / forward_s)))
-        sample_s = self.inner * forward_s
+        self.forward_s = self.forward_seconds()
+        self.inner = max(1, min(MAX_INNER, math.ceil(SAMPLE_S / self.forward_s)))
+        sample_s = self.inner * self.forward_s
         self.repeats = max(MIN_REPEATS, min(MAX_REPEATS, math.ceil(MEASURE_S / (2 * sample_s))))
         self.warmup = 1 if sample_s > LONG_SAMPLE_S else WARMUP  # a long sample warms itself up
 
     def forward_seconds(self) -> float:
-        """One forward of the base model, warm (the fastest of three)."""
+        """One forward of the base model, warm (the fastest of up to three; one that long is warm enough)."""
         x = torch.randn(self.batch, *self.input_shape, device=self.device, dtype=LATENCY_DTYPES[self.dtype])
         times = []
         with torch.inference_mode():
@@ -188,11 +234,18 @@ class LatencyMeter:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 times.append(time.perf_counter() - started)
+                if times[-1] > LONG_SAMPLE_S:
+                    break
         return max(min(times), 1e-6)
 
     def measurement_seconds(self) -> float:
-        """About what one measurement of the unpruned model costs: both models, warm-up and pairs."""
-        return 2 * (self.warmup + self.repeats) * self.inner * self.forward_seconds()
+        """About what one measurement away from the target costs (DECISIVE pairs), as if the pruned model were
+        as slow as the unpruned one: both models, warm-up and pairs."""
+        return 2 * (self.warmup + DECISIVE) * self.inner * self.forward_s
+
+    def decided(self, ratios: List[float]) -> bool:
+        """Whether the pairs so far answer 'is the target reached?' (compare_latency's early stop)."""
+        return len(ratios) >= DECISIVE and (max(ratios) < self.target or min(ratios) >= self.target)
 
     def __call__(self, model: nn.Module, step: int, macs_speed_up: float, confirmation: bool) -> Measurement:
         started = time.perf_counter()
@@ -207,7 +260,8 @@ class LatencyMeter:
 
     def _compare(self, model: nn.Module, repeats: int) -> dict:
         return compare_latency(_Repeated(self.base, self.inner), _Repeated(model, self.inner), self.input_shape,
-                               self.device, (self.batch,), warmup=self.warmup, repeats=repeats)[self.batch]
+                               self.device, (self.batch,), warmup=self.warmup, repeats=repeats,
+                               stop=self.decided)[self.batch]
 
 
 class LatencyTargetError(UserError):
@@ -229,46 +283,64 @@ def why_missed(outcome: Outcome, target: float, max_pruning_ratio: float, budget
     return "; ".join(reasons)
 
 
-def overshoot(outcome: Outcome, target: float) -> Optional[str]:
-    """A line when the confirmed speed-up lies far above the target and the last measurement below it was
-    several steps earlier: latency jumped in between, and pruning cannot be undone."""
-    final = outcome.final
-    below = [m for m in outcome.measurements if m.ratio < target and not m.confirmation]
-    if final is None or not below or final.ratio < OVERSHOOT * target or below[-1].step >= final.step - 1:
+def overshoot(outcome: Outcome, target: float, round_to: Optional[int]) -> Optional[str]:
+    """A line when the confirmed speed-up lies far above the target (after `bisect_jump`): latency fell that
+    far within one pruning step, and pruning stops only between steps."""
+    low = jumped_from(outcome, target)
+    if low is None:
         return None
-    last = below[-1]
-    return (f"prune: latency jumped from {last.ratio:.2f}x at {last.macs_speed_up:.2f}x MACs (step {last.step}) to "
+    final = outcome.final
+    why = ("some widths leave a kernel's fast path; prune.round_to=auto keeps them on it" if not round_to else
+           f"widths are rounded to multiples of {round_to}, so a step removes much at once; more "
+           "prune.iterative_steps make the steps smaller")
+    return (f"prune: latency jumped from {low.ratio:.2f}x at {low.macs_speed_up:.2f}x MACs (step {low.step}) to "
             f"{final.ratio:.2f}x at {final.macs_speed_up:.2f}x MACs (step {final.step}), past the {target}x target: "
-            "some widths leave a kernel's fast path; prune.round_to=auto keeps them on it")
+            + why)
 
 
 def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: MacCounter, target: float,
                      meter: LatencyMeter, *, calibrate: Optional[Callable[[], None]] = None,
+                     rebuild: Optional[Callable[[list], nn.Module]] = None,
                      describe: str = "model", on_step: Optional[Callable[[int, int, float], None]] = None,
                      say: Callable[[str], None] = lambda text: None) -> dict:
     """Prune in the pruner's small steps until the measured latency speed-up reaches `target` (confirmed);
-    the result of progressive_prune plus "latency": what was measured, and what measuring cost."""
+    the result of progressive_prune plus "latency" (what was measured, and what measuring cost), "model" (the
+    pruned model) and "history" (the pruning history that gives it from the model as it entered).
+    `rebuild(history)`, where given, returns the model as it entered pruned by `history`: with it a jump far
+    past the target is bisected (`bisect_jump`), and "model" may be such a rebuilt model instead of `model`."""
     base_macs, base_params = counter.count(model)
     where = f"batch {meter.batch}, {meter.device.type} {meter.dtype}"
     started = time.perf_counter()
     rule = StoppingRule(target)
     cost = meter.measurement_seconds() if target > 1.0 else 0.0
+    history_len, macs_at = {0: 0}, {0: 1.0}  # per step: the pruning history's length, the MACs speed-up
 
     def prune_step(step: int) -> float:
         if calibrate is not None:
             calibrate()
         pruner.step()
         sync_after_pruning(model)
-        speed_up = base_macs / counter.count(model)[0]
+        speed_up = macs_at[step] = base_macs / counter.count(model)[0]
+        history_len[step] = len(pruner.pruning_history())
         if on_step is not None:
             on_step(step, pruner.iterative_steps, speed_up)
         return speed_up
 
-    def measure(step: int, macs_speed_up: float, confirmation: bool) -> Measurement:
-        m = meter(model, step, macs_speed_up, confirmation)
-        say(f"prune step {step}: measured latency speed-up {m.ratio:.3f}x [{m.q1:.2f}-{m.q3:.2f}] ({where}) at "
-            f"{macs_speed_up:.3f}x MACs, target {target}x" + (" (confirmation)" if confirmation else ""))
+    def report(m: Measurement) -> Measurement:
+        say(f"prune step {m.step}: measured latency speed-up {m.ratio:.3f}x [{m.q1:.2f}-{m.q3:.2f}] ({where}) at "
+            f"{m.macs_speed_up:.3f}x MACs, target {target}x" + (" (confirmation)" if m.confirmation else ""))
         return m
+
+    def measure(step: int, macs_speed_up: float, confirmation: bool) -> Measurement:
+        return report(meter(model, step, macs_speed_up, confirmation))
+
+    rebuilt: dict = {}  # step -> the model after that step, rebuilt (only the latest is kept)
+
+    def measure_at(step: int, confirmation: bool) -> Measurement:
+        if step not in rebuilt:
+            rebuilt.clear()
+            rebuilt[step] = rebuild(pruner.pruning_history()[:history_len[step]])
+        return report(meter(rebuilt[step], step, macs_at[step], confirmation))
 
     def decide(step_seconds: float) -> bool:
         every = cost <= CHEAP * step_seconds
@@ -288,10 +360,21 @@ def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: Ma
             f"{best.macs_speed_up:.2f}x fewer MACs) of the {target}x target: "
             f"{why_missed(outcome, target, pruner.max_pruning_ratio, pruner.iterative_steps)}; lower prune.speed_up"
             + (", or measure at a larger prune.latency_batch" if meter.batch < 64 else ""))
-    jump = overshoot(outcome, target)
+    stopped_at = outcome.steps  # where `model` is now
+    jumped = jumped_from(outcome, target)
+    if rebuild is not None and jumped is not None and jumped.step < outcome.steps - 1:
+        say(f"prune: {outcome.final.ratio:.2f}x at step {outcome.steps} after {jumped.ratio:.2f}x at step "
+            f"{jumped.step}: bisecting the steps in between for the earliest that reaches {target}x")
+        outcome = bisect_jump(outcome, target, measure_at)
+    jump = overshoot(outcome, target, pruner.round_to)
     if jump:
         say(jump)
-    macs, params = counter.count(model)
+    history = pruner.pruning_history()[:history_len[outcome.steps]]
+    if outcome.steps == stopped_at:
+        kept = model
+    else:  # bisected back: the rebuilt model of that step (rebuilt again if a later probe replaced it)
+        kept = rebuilt[outcome.steps] if outcome.steps in rebuilt else rebuild(history)
+    macs, params = counter.count(kept)
     final = outcome.final
     latency = {"target": target, "batch": meter.batch, "device": meter.device.type, "dtype": meter.dtype,
                "device_name": device_name(meter.device),
@@ -301,7 +384,7 @@ def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: Ma
                "measure_s": sum(m.seconds for m in outcome.measurements), "prune_s": time.perf_counter() - started,
                "history": [asdict(m) for m in outcome.measurements]}
     return {"steps": outcome.steps, "speed_up": base_macs / macs, "base_macs": base_macs, "macs": macs,
-            "base_params": base_params, "params": params, "latency": latency}
+            "base_params": base_params, "params": params, "latency": latency, "model": kept, "history": history}
 
 
 def prune_to_latency_in_run(state, model: nn.Module, pruner: tp.pruner.BasePruner,
@@ -313,8 +396,16 @@ def prune_to_latency_in_run(state, model: nn.Module, pruner: tp.pruner.BasePrune
     dtype = resolve_latency_dtype(cfg.eval.latency_dtype, state.device)
     meter = LatencyMeter(model, (3, state.input_size, state.input_size), state.device, dtype,
                          cfg.prune.latency_batch, cfg.prune.speed_up)
+    entered = copy.deepcopy(model).cpu()  # what a jump past the target is bisected from
+
+    def rebuild(history: list) -> nn.Module:
+        twin = copy.deepcopy(entered)
+        replay_pruning_history(twin, history, state.num_classes, state.input_size)
+        return state.to_device(twin)
+
     result = prune_to_latency(model, pruner, MacCounter(model, state.data.example_input(1)), cfg.prune.speed_up,
-                              meter, calibrate=calibrate, describe=describe, on_step=on_step, say=state.say)
+                              meter, calibrate=calibrate, rebuild=rebuild, describe=describe, on_step=on_step,
+                              say=state.say)
     lat = result["latency"]
     state.say(f"prune: measured latency speed-up {lat['speed_up']:.2f}x (batch {lat['batch']}, {lat['device']} "
               f"{lat['dtype']}), confirmed; {lat['measurements']} measurements took {lat['measure_s']:.1f} s of "
