@@ -236,8 +236,13 @@ def test_a_jump_far_past_the_target_that_bisection_cannot_undo_is_reported():
 
     jumped = Outcome(True, 42, 5.2, _m(42, 3.4, True), [_m(18, 1.1), _m(41, 1.4), _m(42, 3.3), _m(42, 3.4, True)])
     line = overshoot(jumped, 1.5, None)
-    assert "latency jumped from 1.40x at 5.10x MACs (step 41) to 3.40x" in line and "prune.round_to=auto" in line
+    assert "latency jumped from 1.400x at 5.100x MACs (step 41, the mean" in line and "to 3.400x" in line
+    assert "prune.round_to=auto" in line
+    unconfirmed = Outcome(True, 42, 5.2, _m(42, 3.4, True), [_m(41, 1.6), _m(41, 1.3, True), _m(42, 3.4, True)])
+    assert "from 1.450x at 5.100x MACs (step 41," in overshoot(unconfirmed, 1.5, None)  # a lucky 1.6, then 1.3
     assert "more prune.iterative_steps" in overshoot(jumped, 1.5, 8)  # rounded widths: smaller steps help
+    first = Outcome(True, 1, 1.9, _m(1, 2.0, True), [_m(1, 2.1), _m(1, 2.0, True)])
+    assert "from 1.000x at 1.000x MACs (the unpruned model) to 2.000x" in overshoot(first, 1.5, 8)
     close = Outcome(True, 51, 6.1, _m(51, 1.6, True), [_m(41, 1.4), _m(51, 1.6), _m(51, 1.6, True)])
     assert overshoot(close, 1.5, None) is None
 

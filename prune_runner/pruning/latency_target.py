@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Tuple
@@ -290,11 +291,13 @@ def overshoot(outcome: Outcome, target: float, round_to: Optional[int]) -> Optio
     if low is None:
         return None
     final = outcome.final
+    before = statistics.mean(m.ratio for m in outcome.measurements if m.step == low.step) if low.step else 1.0
     why = ("some widths leave a kernel's fast path; prune.round_to=auto keeps them on it" if not round_to else
            f"widths are rounded to multiples of {round_to}, so a step removes much at once; more "
            "prune.iterative_steps make the steps smaller")
-    return (f"prune: latency jumped from {low.ratio:.2f}x at {low.macs_speed_up:.2f}x MACs (step {low.step}) to "
-            f"{final.ratio:.2f}x at {final.macs_speed_up:.2f}x MACs (step {final.step}), past the {target}x target: "
+    where = f"step {low.step}, the mean of its measurements" if low.step else "the unpruned model"
+    return (f"prune: latency jumped from {before:.3f}x at {low.macs_speed_up:.3f}x MACs ({where}) to "
+            f"{final.ratio:.3f}x at {final.macs_speed_up:.3f}x MACs (step {final.step}), past the {target}x target: "
             + why)
 
 
