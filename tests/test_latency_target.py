@@ -267,6 +267,10 @@ def test_a_jump_is_bisected_back_to_the_earliest_step_that_reaches_the_target():
     adjacent = Outcome(True, 42, 5.2, _m(42, 3.4, True), [_m(41, 1.4), _m(42, 3.4, True)])
     assert bisect_jump(adjacent, 1.5, measure_at) is adjacent and len(calls) == 5  # no step in between
 
+    calls.clear()  # steps 42-50 pruned nothing new but at 44 and 47: only those two are other models
+    assert bisect_jump(stop, 1.5, measure_at, changed=[44, 47, 51]).steps == 47
+    assert calls == [(44, False), (47, False), (47, True)]
+
     calls.clear()
     lucky = iter([1.6, 1.3])  # step 46: one lucky probe, not confirmed
 

@@ -170,27 +170,35 @@ def jumped_from(outcome: Outcome, target: float) -> Optional[Measurement]:
     return max(earlier, key=lambda m: m.step, default=UNPRUNED)
 
 
-def bisect_jump(outcome: Outcome, target: float, measure_at: Callable[[int, bool], Measurement]) -> Outcome:
+def bisect_jump(outcome: Outcome, target: float, measure_at: Callable[[int, bool], Measurement],
+                changed: Optional[List[int]] = None) -> Outcome:
     """After a jump (`jumped_from`): bisect the steps between the last measurement below the target and the
     stop for the earliest one whose speed-up reaches the target, confirmed like any stop.
-    `measure_at(step, confirmation)` measures the model as it was after `step`."""
+    `measure_at(step, confirmation)` measures the model as it was after `step`; `changed` lists the steps
+    after which the model differs from the step before (a step that pruned nothing, or rounded a width
+    back to where it was, is not measured twice)."""
     low = jumped_from(outcome, target)
-    if low is None or low.step >= outcome.steps - 1:  # no step in between to try
+    if low is None:
         return outcome
-    lo, hi, final = low.step, outcome.steps, outcome.final
+    steps = [s for s in (changed if changed is not None else range(low.step + 1, outcome.steps))
+             if low.step < s < outcome.steps]
+    if not steps:  # no other model in between
+        return outcome
+    below, above, final = -1, len(steps), outcome.final  # indices into steps; above == len: the stop itself
     measurements = list(outcome.measurements)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        probe = measure_at(mid, False)
+    while above - below > 1:
+        mid = (below + above) // 2
+        probe = measure_at(steps[mid], False)
         measurements.append(probe)
         if probe.ratio >= target:
-            check = measure_at(mid, True)
+            check = measure_at(steps[mid], True)
             measurements.append(check)
             if check.ratio >= target:
-                hi, final = mid, check
+                above, final = mid, check
                 continue
-        lo = mid
-    return Outcome(True, hi, final.macs_speed_up, final, measurements, outcome.every_step)
+        below = mid
+    stop = steps[above] if above < len(steps) else outcome.steps
+    return Outcome(True, stop, final.macs_speed_up, final, measurements, outcome.every_step)
 
 
 class _Repeated(nn.Module):
@@ -365,10 +373,11 @@ def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: Ma
             + (", or measure at a larger prune.latency_batch" if meter.batch < 64 else ""))
     stopped_at = outcome.steps  # where `model` is now
     jumped = jumped_from(outcome, target)
-    if rebuild is not None and jumped is not None and jumped.step < outcome.steps - 1:
+    changed = [s for s in sorted(history_len) if s > 0 and history_len[s] != history_len[s - 1]]
+    if rebuild is not None and jumped is not None and any(jumped.step < s < outcome.steps for s in changed):
         say(f"prune: {outcome.final.ratio:.2f}x at step {outcome.steps} after {jumped.ratio:.2f}x at step "
             f"{jumped.step}: bisecting the steps in between for the earliest that reaches {target}x")
-        outcome = bisect_jump(outcome, target, measure_at)
+        outcome = bisect_jump(outcome, target, measure_at, changed)
     jump = overshoot(outcome, target, pruner.round_to)
     if jump:
         say(jump)
