@@ -53,6 +53,15 @@ def test_a_lucky_measurement_is_confirmed_before_pruning_stops():
     assert outcome.steps == 8 and len(outcome.measurements) == 10  # the lucky 1.52 alone did not stop it
 
 
+def test_a_confirmation_far_from_its_probe_is_checked_once_more():
+    """1.55x, then a confirming 1.76x: 13% apart, so the machine changed in between; the third reading, 1.30x,
+    falls short and pruning goes on. At the next step 1.60x and 1.62x agree: two readings stop it."""
+    measure, calls = fake_timer([1.0, 1.55, 1.76, 1.30, 1.60, 1.62])
+    outcome = run_to_target(StoppingRule(1.5, every_step=True), 10, lambda step: 1 + 0.5 * step, measure)
+    assert outcome.reached and outcome.steps == 3 and outcome.final.ratio == 1.62
+    assert [(step, r) for step, r, confirm in calls if confirm] == [(2, 1.76), (2, 1.30), (3, 1.62)]
+
+
 def test_predicting_from_macs_measures_a_few_times_near_the_target():
     """Latency ~ MACs^0.55 with +-4% noise and a slower width every fifth step; the first measurement waits
     for the MACs target, the stop is confirmed, and the true speed-up there is within 5% of the target."""

@@ -10,8 +10,9 @@ smaller model slower), so the rule that stops never trusts one measurement:
      target (latency rarely falls faster than MACs), and each later one where a line fitted to the last few
      measurements in log(MACs speed-up), log(latency speed-up) reaches the target (the unpruned model is
      the point (1, 1)), at most MAX_JUMP further in MACs speed-up.
-  2. A measurement at or above the target is confirmed by a fresh one before pruning stops. If the
-     confirmation falls short, pruning goes on and the two count as one point at their mean.
+  2. A measurement at or above the target is confirmed by a fresh one before pruning stops, and by a third
+     when the two differ by more than DISAGREE. If a confirmation falls short, pruning goes on and the
+     measurements count as one point at their median.
   3. A measurement ends after DECISIVE pairs when every pair lies on one side of the target (the usual case
      far from it); only a measurement that straddles the target takes its full MEASURE_S.
   4. A confirmed speed-up OVERSHOOT x the target or more, reached in a jump of several unmeasured steps
@@ -50,6 +51,7 @@ SAMPLE_S = 0.02  # a timed sample lasts at least this long (several scheduler sl
 MAX_INNER = 100  # forwards per sample at most
 MEASURE_S = 0.6  # pairs of samples per measurement: as many as fit this, within [MIN_REPEATS, MAX_REPEATS]
 MIN_REPEATS, MAX_REPEATS = 6, 20  # (twice as many for a noisy measurement that leaves the decision open)
+DISAGREE = 0.1  # a confirmation this far from its probe (of their mean) is itself checked once more
 DECISIVE = 3  # pairs after which a measurement ends if every ratio so far lies on one side of the target: a
 #               median on the other side gives that with odds of 1 in 8, and a stop needs two such measurements
 WARMUP = 2  # samples of each model before a measurement (compare_latency's warm-up); 1 for samples longer
@@ -126,6 +128,18 @@ class StoppingRule:
         return min(max(needed, macs_now * MIN_JUMP), macs_now * MAX_JUMP)
 
 
+def confirm(probe: Measurement, again: Callable[[], Measurement], target: float) -> List[Measurement]:
+    """The fresh measurements that check a probe at or above the target: one, and one more when it reaches
+    the target too but differs from the probe by more than DISAGREE of their mean (the machine changed between
+    them, say a neighbour's memory traffic that slows the larger base model more: either may be off). The
+    target is confirmed when every one of them reaches it."""
+    checks = [again()]
+    first = checks[0].ratio
+    if first >= target and abs(first - probe.ratio) > DISAGREE * (first + probe.ratio) / 2:
+        checks.append(again())
+    return checks
+
+
 def run_to_target(rule: StoppingRule, budget: int, prune_step: Callable[[int], float],
                   measure: Callable[[int, float, bool], Measurement],
                   decide_every_step: Optional[Callable[[float], bool]] = None) -> Outcome:
@@ -146,11 +160,11 @@ def run_to_target(rule: StoppingRule, budget: int, prune_step: Callable[[int], f
         measurements.append(probe)
         measured_at = macs
         if rule.reached(probe):
-            check = measure(step, macs, True)
-            measurements.append(check)
-            if rule.reached(check):
-                return Outcome(True, step, macs, check, measurements, rule.every_step)
-            rule.record(macs, (probe.ratio + check.ratio) / 2)
+            checks = confirm(probe, lambda: measure(step, macs, True), rule.target)
+            measurements.extend(checks)
+            if all(rule.reached(c) for c in checks):
+                return Outcome(True, step, macs, checks[-1], measurements, rule.every_step)
+            rule.record(macs, statistics.median([probe.ratio] + [c.ratio for c in checks]))
         else:
             rule.record(macs, probe.ratio)
     best = max(measurements, key=lambda m: m.ratio, default=None)
@@ -191,10 +205,10 @@ def bisect_jump(outcome: Outcome, target: float, measure_at: Callable[[int, bool
         probe = measure_at(steps[mid], False)
         measurements.append(probe)
         if probe.ratio >= target:
-            check = measure_at(steps[mid], True)
-            measurements.append(check)
-            if check.ratio >= target:
-                above, final = mid, check
+            checks = confirm(probe, lambda: measure_at(steps[mid], True), target)
+            measurements.extend(checks)
+            if all(c.ratio >= target for c in checks):
+                above, final = mid, checks[-1]
                 continue
         below = mid
     stop = steps[above] if above < len(steps) else outcome.steps
