@@ -314,7 +314,8 @@ def overshoot(outcome: Outcome, target: float, round_to: Optional[int]) -> Optio
         return None
     final = outcome.final
     before = statistics.mean(m.ratio for m in outcome.measurements if m.step == low.step) if low.step else 1.0
-    why = ("some widths leave a kernel's fast path; prune.round_to=auto keeps them on it" if not round_to else
+    why = ("some widths leave a kernel's fast path (prune.round_to=auto keeps them on it), or load on the machine "
+           "moved the readings (rerun on an idle machine)" if not round_to else
            f"widths are rounded to multiples of {round_to}, so a step removes much at once; more "
            "prune.iterative_steps make the steps smaller")
     where = f"step {low.step}, the mean of its measurements" if low.step else "the unpruned model"
