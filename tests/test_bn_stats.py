@@ -10,12 +10,19 @@ from prune_runner.models import build_model
 from prune_runner.train import Fast
 
 
-def test_slow_batchnorm_statistics_are_recomputed_and_fast_ones_kept():
+def _slow_and_fast():
+    """(slow, fast, model of the two, ten batches with mean 5): torchvision's momentum 0.01 beside 0.1."""
     slow, fast = nn.BatchNorm2d(3, momentum=0.01), nn.BatchNorm2d(3, momentum=0.1)
-    model = nn.Sequential(slow, fast).eval()
-    batches = [(5 + torch.randn(8, 3, 4, 4), None) for _ in range(10)]
-    n = recalibrate_batchnorms(model, slow_batchnorms(model), batches, Fast(amp=False, channels_last=False),
-                               torch.device("cpu"))
+    return slow, fast, nn.Sequential(slow, fast).eval(), [(5 + torch.randn(8, 3, 4, 4), None) for _ in range(10)]
+
+
+def _recalibrate(model, layers, batches) -> int:
+    return recalibrate_batchnorms(model, layers, batches, Fast(amp=False, channels_last=False), torch.device("cpu"))
+
+
+def test_slow_batchnorm_statistics_are_recomputed_and_fast_ones_kept():
+    slow, fast, model, batches = _slow_and_fast()
+    n = _recalibrate(model, slow_batchnorms(model), batches)
     assert n == 1 and not model.training
     expected = torch.cat([x for x, _ in batches]).mean(dim=(0, 2, 3))
     assert torch.allclose(slow.running_mean, expected, atol=1e-4)  # a plain average, not 1% per batch
@@ -28,11 +35,8 @@ def test_which_models_have_slow_batchnorms():
 
 
 def test_every_layer_recomputes_the_fast_ones_too():
-    slow, fast = nn.BatchNorm2d(3, momentum=0.01), nn.BatchNorm2d(3, momentum=0.1)
-    model = nn.Sequential(slow, fast).eval()
-    batches = [(5 + torch.randn(8, 3, 4, 4), None) for _ in range(10)]
-    n = recalibrate_batchnorms(model, batchnorms(model), batches, Fast(amp=False, channels_last=False),
-                               torch.device("cpu"))
+    slow, fast, model, batches = _slow_and_fast()
+    n = _recalibrate(model, batchnorms(model), batches)
     assert n == 2 and fast.momentum == 0.1
     assert torch.allclose(fast.running_mean, torch.zeros(3), atol=1e-4)  # slow's output: normalized, mean 0
     assert torch.allclose(fast.running_var, torch.ones(3), atol=1e-2)
