@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from functools import partial
 
 import torch
 
@@ -34,7 +35,7 @@ from prune_runner.pruning import (
     get_method,
     progressive_prune,
     prune_to_latency,
-    replay_pruning_history,
+    pruned_copy,
     resolve_round_to,
 )
 from prune_runner.pruning.latency_target import LatencyMeter
@@ -66,12 +67,8 @@ def prune_run(name: str, target: float, kind: str, batch: int, seed: int, round_
     try:
         if kind == "latency":
             meter = LatencyMeter(model, (3, side, side), torch.device("cpu"), "fp32", batch, target)
-
-            def rebuild(history: list):  # the prune stage's: the unpruned model, pruned by a history prefix
-                twin = copy.deepcopy(base)
-                replay_pruning_history(twin, history, classes, side)
-                return twin
-
+            # as the prune stage does: the unpruned model, pruned by a prefix of the history
+            rebuild = partial(pruned_copy, base, num_classes=classes, input_size=side)
             result = prune_to_latency(model, pruner, counter, target, meter, rebuild=rebuild, say=say)
             row.update(measurements=result["latency"]["measurements"], reached=result["latency"]["speed_up"],
                        every_step=result["latency"]["every_step"], measure_s=result["latency"]["measure_s"],

@@ -300,7 +300,7 @@ class StepMeter(SlowMeter):
 
 
 def test_prune_to_latency_steps_back_to_a_model_rebuilt_from_the_pruning_history():
-    from prune_runner.pruning import replay_pruning_history
+    from prune_runner.pruning import pruned_copy
 
     model = _tiny_net()
     entered = copy.deepcopy(model)
@@ -309,9 +309,7 @@ def test_prune_to_latency_steps_back_to_a_model_rebuilt_from_the_pruning_history
     counter = MacCounter(model, x)
 
     def rebuild(history):
-        twin = copy.deepcopy(entered)
-        replay_pruning_history(twin, history, 10, 8)
-        return twin
+        return pruned_copy(entered, history, 10, 8)
 
     lines = []
     result = prune_to_latency(model, pruner, counter, 1.5, StepMeter(), rebuild=rebuild, say=lines.append)
@@ -345,17 +343,14 @@ def test_a_measurement_ends_early_once_every_pair_lies_on_one_side_of_the_target
     meter(model, 1, 2.0, False)
     assert len(samples) == 2 * meter.warmup + 2 * DECISIVE
     ratios = iter([1.4, 1.6] * 40)
-    state = {}
 
     def straddling(m, x, inner):
-        if m.model is meter.base:
-            return 1.0
-        state["r"] = next(ratios)
-        return 1.0 / state["r"]
+        samples.append(m)
+        return 1.0 if m.model is meter.base else 1.0 / next(ratios)
 
     samples.clear()
     meter.target = 1.5
-    monkeypatch.setattr(latency, "_sample_ms", lambda m, x, inner: samples.append(m) or straddling(m, x, inner))
+    monkeypatch.setattr(latency, "_sample_ms", straddling)
     meter(model, 1, 2.0, False)
     assert len(samples) >= 2 * meter.warmup + 2 * meter.repeats
 

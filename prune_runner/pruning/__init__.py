@@ -18,7 +18,7 @@ from .library import tp  # noqa: F401  first: torch-pruning without timm's start
 # isort: split
 from .groups import channel_group_norms, dependency_groups
 from .hints import pruning_hints, sync_after_pruning
-from .history import replay_pruning_history
+from .history import pruned_copy, replay_pruning_history
 from .latency_target import LatencyTargetError, prune_to_latency, prune_to_latency_in_run
 from .macs import MacCounter, count_params
 from .method_defaults import METHOD_DEFAULTS, resolve_method_defaults
@@ -32,6 +32,6 @@ __all__ = [
     "MacCounter", "MethodSpec", "ObdcCalibration", "PruningTargetError", "Regularizer", "build_pruner",
     "build_regularizer", "channel_group_norms", "check_round_to", "count_params", "dependency_groups", "get_method",
     "grad_calibration", "list_methods", "progressive_prune", "prune_to_latency", "prune_to_latency_in_run",
-    "pruning_hints", "regularizer_from_config", "replay_pruning_history", "resolve_method_defaults",
+    "pruned_copy", "pruning_hints", "regularizer_from_config", "replay_pruning_history", "resolve_method_defaults",
     "resolve_round_to", "sync_after_pruning",
 ]

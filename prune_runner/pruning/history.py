@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch_pruning as tp
@@ -17,3 +19,10 @@ def replay_pruning_history(model: nn.Module, history: list, num_classes: int, in
                                                   unwrapped_parameters=unwrapped)
     graph.load_pruning_history(history)
     sync_after_pruning(model)
+
+
+def pruned_copy(model: nn.Module, history: list, num_classes: int, input_size: int) -> nn.Module:
+    """A copy of `model` (unpruned) pruned as `history` records; `model` itself is left as it is."""
+    twin = copy.deepcopy(model)
+    replay_pruning_history(twin, history, num_classes, input_size)
+    return twin

@@ -44,7 +44,7 @@ from ..errors import UserError
 from ..latency import MAX_SPREAD, compare_latency
 from ..latency_dtype import LATENCY_DTYPES, as_deployed, device_name, resolve_latency_dtype
 from .hints import sync_after_pruning
-from .history import replay_pruning_history
+from .history import pruned_copy
 from .macs import MacCounter
 
 SAMPLE_S = 0.02  # a timed sample lasts at least this long (several scheduler slices on a shared machine)
@@ -104,9 +104,6 @@ class StoppingRule:
     def wants(self, macs_speed_up: float) -> bool:
         return self.every_step or macs_speed_up >= self.next_at
 
-    def reached(self, m: Measurement) -> bool:
-        return m.ratio >= self.target
-
     def record(self, macs_speed_up: float, latency_speed_up: float) -> None:
         """A measured model that is not the stopping point: plan the next measurement from it."""
         self.points.append((macs_speed_up, latency_speed_up))
@@ -128,16 +125,19 @@ class StoppingRule:
         return min(max(needed, macs_now * MIN_JUMP), macs_now * MAX_JUMP)
 
 
-def confirm(probe: Measurement, again: Callable[[], Measurement], target: float) -> List[Measurement]:
-    """The fresh measurements that check a probe at or above the target: one, and one more when it reaches
-    the target too but differs from the probe by more than DISAGREE of their mean (the machine changed between
-    them, say a neighbour's memory traffic that slows the larger base model more: either may be off). The
-    target is confirmed when every one of them reaches it."""
-    checks = [again()]
-    first = checks[0].ratio
-    if first >= target and abs(first - probe.ratio) > DISAGREE * (first + probe.ratio) / 2:
-        checks.append(again())
-    return checks
+def reading(measure: Callable[[bool], Measurement], target: float) -> Tuple[List[Measurement], bool]:
+    """One model's measurements and whether they confirm the target: `measure(confirmation)` once, and where
+    that reaches the target a fresh confirmation, and one more when the two differ by more than DISAGREE of
+    their mean (the machine changed between them, say a neighbour's memory traffic that slows the larger
+    base model more: either may be off). The target is confirmed when every one of them reaches it."""
+    taken = [measure(False)]
+    if taken[0].ratio < target:
+        return taken, False
+    taken.append(measure(True))
+    probe, check = taken[0].ratio, taken[1].ratio
+    if check >= target and abs(check - probe) > DISAGREE * (check + probe) / 2:
+        taken.append(measure(True))
+    return taken, all(m.ratio >= target for m in taken)
 
 
 def run_to_target(rule: StoppingRule, budget: int, prune_step: Callable[[int], float],
@@ -156,19 +156,15 @@ def run_to_target(rule: StoppingRule, budget: int, prune_step: Callable[[int], f
         last = step == budget
         if not (rule.wants(macs) or last) or measured_at == macs:
             continue
-        probe = measure(step, macs, False)
-        measurements.append(probe)
+        taken, confirmed = reading(lambda confirmation: measure(step, macs, confirmation), rule.target)
+        measurements.extend(taken)
         measured_at = macs
-        if rule.reached(probe):
-            checks = confirm(probe, lambda: measure(step, macs, True), rule.target)
-            measurements.extend(checks)
-            if all(rule.reached(c) for c in checks):
-                return Outcome(True, step, macs, checks[-1], measurements, rule.every_step)
-            rule.record(macs, statistics.median([probe.ratio] + [c.ratio for c in checks]))
-        else:
-            rule.record(macs, probe.ratio)
-    best = max(measurements, key=lambda m: m.ratio, default=None)
-    return Outcome(False, budget, macs, best, measurements, rule.every_step)
+        if confirmed:
+            return Outcome(True, step, macs, taken[-1], measurements, rule.every_step)
+        rule.record(macs, statistics.median(m.ratio for m in taken))
+    missed = Outcome(False, budget, macs, None, measurements, rule.every_step)
+    missed.final = missed.best
+    return missed
 
 
 UNPRUNED = Measurement(0, 1.0, 1.0, 1.0, 1.0, 0.0)  # step 0: the model as it entered, by definition
@@ -202,15 +198,12 @@ def bisect_jump(outcome: Outcome, target: float, measure_at: Callable[[int, bool
     measurements = list(outcome.measurements)
     while above - below > 1:
         mid = (below + above) // 2
-        probe = measure_at(steps[mid], False)
-        measurements.append(probe)
-        if probe.ratio >= target:
-            checks = confirm(probe, lambda: measure_at(steps[mid], True), target)
-            measurements.extend(checks)
-            if all(c.ratio >= target for c in checks):
-                above, final = mid, checks[-1]
-                continue
-        below = mid
+        taken, confirmed = reading(lambda confirmation: measure_at(steps[mid], confirmation), target)
+        measurements.extend(taken)
+        if confirmed:
+            above, final = mid, taken[-1]
+        else:
+            below = mid
     stop = steps[above] if above < len(steps) else outcome.steps
     return Outcome(True, stop, final.macs_speed_up, final, measurements, outcome.every_step)
 
@@ -426,9 +419,7 @@ def prune_to_latency_in_run(state, model: nn.Module, pruner: tp.pruner.BasePrune
     entered = copy.deepcopy(model).cpu()  # what a jump past the target is bisected from
 
     def rebuild(history: list) -> nn.Module:
-        twin = copy.deepcopy(entered)
-        replay_pruning_history(twin, history, state.num_classes, state.input_size)
-        return state.to_device(twin)
+        return state.to_device(pruned_copy(entered, history, state.num_classes, state.input_size))
 
     result = prune_to_latency(model, pruner, MacCounter(model, state.data.example_input(1)), cfg.prune.speed_up,
                               meter, calibrate=calibrate, rebuild=rebuild, describe=describe, on_step=on_step,
