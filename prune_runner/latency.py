@@ -100,8 +100,13 @@ def measure_latency(
 
 def _interleaved_samples(base: nn.Module, final: nn.Module, xb: torch.Tensor, xf: torch.Tensor,
                          warmup: int, repeats: int, stop: Optional[Callable[[List[float]], bool]] = None,
-                         ) -> Tuple[List[float], List[float]]:
-    inner = min(_inner_count(base, xb, warmup), _inner_count(final, xf, warmup))
+                         inner: Optional[int] = None) -> Tuple[List[float], List[float]]:
+    if inner is None:
+        inner = min(_inner_count(base, xb, warmup), _inner_count(final, xf, warmup))
+    else:  # the caller knows how long a sample is: only the warm-up asked for, none where it asks for 0
+        for _ in range(warmup):
+            _sample_ms(base, xb, inner)
+            _sample_ms(final, xf, inner)
     base_ms, final_ms = [], []
     for i in range(repeats):
         # alternate the order: a load that rises or falls during a pair hits each model first equally often
@@ -125,17 +130,20 @@ def compare_latency(
     warmup: int = 5,
     repeats: int = 20,
     stop: Optional[Callable[[List[float]], bool]] = None,
+    inner: Optional[int] = None,
 ) -> Dict[int, Dict[str, float]]:
     """Per batch size: base_ms and final_ms (medians, ms per batch), ratio (median of the per-repetition
     base / final ratios), ratio_q1 and ratio_q3 (its interquartile range), spread ((q3 - q1) / median),
     noisy (spread > MAX_SPREAD) and repeats (the pairs taken). `stop(ratios so far)`, asked after each pair,
-    may end a measurement before `repeats` pairs (a sequential test that has its answer)."""
+    may end a measurement before `repeats` pairs (a sequential test that has its answer). `inner` forwards
+    per sample, where given, replaces the count chosen from warm-up forwards (which take at least one of
+    each model even with warmup=0)."""
     device = torch.device(device)
     results: Dict[int, Dict[str, float]] = {}
     with _eval_mode(base, final):
         for batch in batch_sizes:
             xb, xf = _input(base, batch, input_shape, device), _input(final, batch, input_shape, device)
-            base_ms, final_ms = _interleaved_samples(base, final, xb, xf, warmup, repeats, stop)
+            base_ms, final_ms = _interleaved_samples(base, final, xb, xf, warmup, repeats, stop, inner)
             q1, ratio, q3 = quartiles([b / f for b, f in zip(base_ms, final_ms)])
             spread = (q3 - q1) / ratio
             results[batch] = {"base_ms": statistics.median(base_ms), "final_ms": statistics.median(final_ms),

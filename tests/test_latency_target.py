@@ -245,21 +245,27 @@ def test_a_jump_far_past_the_target_that_bisection_cannot_undo_is_reported():
 
     jumped = Outcome(True, 42, 5.2, _m(42, 3.4, True), [_m(18, 1.1), _m(41, 1.4), _m(42, 3.3), _m(42, 3.4, True)])
     line = overshoot(jumped, 1.5, None)
-    assert "latency jumped from 1.400x at 5.100x MACs (step 41, the mean" in line and "to 3.400x" in line
+    assert "latency jumped from 1.400x at 5.100x MACs (step 41, the mean" in line and "to 3.350x" in line
     assert "prune.round_to=auto" in line
     unconfirmed = Outcome(True, 42, 5.2, _m(42, 3.4, True), [_m(41, 1.6), _m(41, 1.3, True), _m(42, 3.4, True)])
     assert "from 1.450x at 5.100x MACs (step 41," in overshoot(unconfirmed, 1.5, None)  # a lucky 1.6, then 1.3
     assert "more prune.iterative_steps" in overshoot(jumped, 1.5, 8)  # rounded widths: smaller steps help
     first = Outcome(True, 1, 1.9, _m(1, 2.0, True), [_m(1, 2.1), _m(1, 2.0, True)])
-    assert "from 1.000x at 1.000x MACs (the unpruned model) to 2.000x" in overshoot(first, 1.5, 8)
+    assert "from 1.000x at 1.000x MACs (the unpruned model) to 2.050x" in overshoot(first, 1.5, 8)
     close = Outcome(True, 51, 6.1, _m(51, 1.6, True), [_m(41, 1.4), _m(51, 1.6), _m(51, 1.6, True)])
     assert overshoot(close, 1.5, None) is None
+    lucky_last = Outcome(True, 51, 6.1, _m(51, 1.9, True), [_m(41, 1.4), _m(51, 1.6), _m(51, 1.6, True),
+                                                           _m(51, 1.9, True)])
+    assert overshoot(lucky_last, 1.5, None) is None  # 1.9 is the last of three readings, not their mean
+    above = Outcome(True, 51, 6.1, _m(51, 2.4, True), [_m(41, 1.6), _m(41, 1.4, True), _m(51, 2.4),
+                                                      _m(51, 2.4, True)])
+    assert overshoot(above, 1.5, None) is None  # step 41 read 1.5x on average, unconfirmed: no jump across
 
 
 def test_a_jump_is_bisected_back_to_the_earliest_step_that_reaches_the_target():
     """Latency 1.4x up to step 46 and 3.4x from step 47 on; measured at 41 (below) and at 51 (a confirmed
-    3.4x, far past 1.5x): bisection measures steps 46, 48, 47 (46 below, the other two confirmed) and stops
-    at 47. A probe above the target whose confirmation falls short counts as below."""
+    3.4x, far past 1.5x): bisection measures steps 46, 48, 47 (46 below, the other two confirmed twice) and
+    stops at 47. A probe above the target whose confirmation falls short counts as below."""
     from prune_runner.pruning.latency_target import Outcome, bisect_jump
 
     calls = []
@@ -271,23 +277,50 @@ def test_a_jump_is_bisected_back_to_the_earliest_step_that_reaches_the_target():
     stop = Outcome(True, 51, 6.1, _m(51, 3.4, True), [_m(18, 1.1), _m(41, 1.4), _m(51, 3.4), _m(51, 3.4, True)])
     back = bisect_jump(stop, 1.5, measure_at)
     assert back.reached and back.steps == 47 and back.final.confirmation and back.final.step == 47
-    assert calls == [(46, False), (48, False), (48, True), (47, False), (47, True)]
+    assert calls == [(46, False), (48, False), (48, True), (48, True), (47, False), (47, True), (47, True)]
     assert len(back.measurements) == 4 + len(calls)
     adjacent = Outcome(True, 42, 5.2, _m(42, 3.4, True), [_m(41, 1.4), _m(42, 3.4, True)])
-    assert bisect_jump(adjacent, 1.5, measure_at) is adjacent and len(calls) == 5  # no step in between
+    assert bisect_jump(adjacent, 1.5, measure_at) is adjacent and len(calls) == 7  # no step in between
 
     calls.clear()  # steps 42-50 pruned nothing new but at 44 and 47: only those two are other models
     assert bisect_jump(stop, 1.5, measure_at, changed=[44, 47, 51]).steps == 47
-    assert calls == [(44, False), (47, False), (47, True)]
+    assert calls == [(44, False), (47, False), (47, True), (47, True)]
 
     calls.clear()
-    lucky = iter([1.6, 1.3])  # step 46: one lucky probe, not confirmed
+    lucky = iter([1.6, 1.55, 1.3])  # step 46: a lucky probe and confirmation; the second confirmation falls short
 
     def flaky_at(step, confirmation):
         calls.append((step, confirmation))
         return _m(step, next(lucky) if step == 46 else (3.4 if step >= 47 else 1.4), confirmation)
 
     assert bisect_jump(stop, 1.5, flaky_at).steps == 47
+    assert calls[:3] == [(46, False), (46, True), (46, True)]
+
+
+def test_a_long_prediction_past_where_latency_reaches_the_target_is_bisected():
+    """The demo's readings: flat up to 2.5x MACs (1.44x), then a prediction that went to 5.04x MACs and
+    confirmed 1.65x. The line between them reaches 1.5x near 3.1x MACs, so the steps in between are bisected;
+    a stop whose MACs are close to where the line reaches the target is kept."""
+    from prune_runner.pruning.latency_target import Outcome, bisect_from, bisect_jump, crossing
+
+    def at(step, macs, ratio, confirmation=False):
+        return Measurement(step, macs, ratio, ratio, ratio, 0.0, confirmation)
+
+    long = Outcome(True, 54, 5.04, at(54, 5.04, 1.62, True),
+                   [at(18, 1.51, 1.37), at(35, 2.5, 1.44), at(54, 5.04, 1.68), at(54, 5.04, 1.62, True)])
+    low, why = bisect_from(long, 1.5)
+    assert low.step == 35 and "near 3.08x MACs" in why
+    assert 3.0 < crossing((2.5, 1.44), (5.04, 1.65), 1.5) < 3.2
+    close = Outcome(True, 40, 5.0, at(40, 5.0, 1.55, True), [at(35, 4.5, 1.44), at(40, 5.0, 1.55, True)])
+    assert bisect_from(close, 1.5) is None
+    assert crossing((2.0, 1.6), (3.0, 1.55), 1.5) == 2.0  # latency did not rise: from the lower point on
+
+    def measure_at(step, confirmation):  # 1.44x at step 35 rising to 1.65x at 54, and 1.5x from step 41
+        return at(step, 2.5 + (step - 35) * 0.134, 1.44 + (step - 35) * 0.011, confirmation)
+
+    back = bisect_jump(long, 1.5, measure_at)
+    assert back.steps == 41 and back.final.ratio >= 1.5
+    assert all(m.ratio < 1.5 for m in back.measurements if m.step == 40)
 
 
 class StepMeter(SlowMeter):
@@ -327,7 +360,8 @@ def test_prune_to_latency_steps_back_to_a_model_rebuilt_from_the_pruning_history
 
 
 def test_a_measurement_ends_early_once_every_pair_lies_on_one_side_of_the_target(monkeypatch):
-    """Three pairs at 1.5x settle 'is 1.2x reached?'; pairs that straddle 1.5x take the full measurement."""
+    """Three pairs at 1.5x settle 'is 1.2x reached?' for a probe, and 'is 2x reached?' for any measurement; a
+    confirmation that says yes, and pairs that straddle the target, take the full measurement."""
     from prune_runner import latency
     from prune_runner.pruning.latency_target import DECISIVE, LatencyMeter
 
@@ -342,6 +376,13 @@ def test_a_measurement_ends_early_once_every_pair_lies_on_one_side_of_the_target
     monkeypatch.setattr(latency, "_sample_ms", sample_ms)
     meter(model, 1, 2.0, False)
     assert len(samples) == 2 * meter.warmup + 2 * DECISIVE
+    samples.clear()  # a confirmation that reaches the target stops pruning: it takes every pair
+    meter(model, 1, 2.0, True)
+    assert len(samples) == 2 * meter.warmup + 2 * meter.repeats > 2 * meter.warmup + 2 * DECISIVE
+    samples.clear()  # ... and one that falls short ends as early as a probe
+    meter.target = 2.0
+    meter(model, 1, 2.0, True)
+    assert len(samples) == 2 * meter.warmup + 2 * DECISIVE
     ratios = iter([1.4, 1.6] * 40)
 
     def straddling(m, x, inner):
@@ -353,6 +394,14 @@ def test_a_measurement_ends_early_once_every_pair_lies_on_one_side_of_the_target
     monkeypatch.setattr(latency, "_sample_ms", straddling)
     meter(model, 1, 2.0, False)
     assert len(samples) >= 2 * meter.warmup + 2 * meter.repeats
+
+    monkeypatch.setattr(LatencyMeter, "forward_seconds", lambda self: 2.0)  # a forward of 2 s warms itself up
+    long = LatencyMeter(model, (3, 8, 8), torch.device("cpu"), "fp32", 1, 1.2)
+    samples.clear()
+    monkeypatch.setattr(latency, "_sample_ms", lambda m, x, inner: samples.append(m) or (3.0 if m.model is long.base
+                                                                                         else 2.0))
+    long(model, 1, 2.0, False)
+    assert long.warmup == 0 and len(samples) == 2 * DECISIVE
 
 
 def test_the_prune_stage_keeps_the_bisected_model_and_its_history(tmp_path, monkeypatch):

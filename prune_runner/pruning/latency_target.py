@@ -14,11 +14,15 @@ smaller model slower), so the rule that stops never trusts one measurement:
      when the two differ by more than DISAGREE. If a confirmation falls short, pruning goes on and the
      measurements count as one point at their median.
   3. A measurement ends after DECISIVE pairs when every pair lies on one side of the target (the usual case
-     far from it); only a measurement that straddles the target takes its full MEASURE_S.
-  4. A confirmed speed-up OVERSHOOT x the target or more, reached in a jump of several unmeasured steps
-     (widths that leave a kernel's fast path make latency fall in steps), is bisected: the models between
-     the last measurement below the target and the stop are rebuilt from the pruning history (replayed on a
-     copy of the model as it entered) and measured, and pruning stops at the earliest one confirmed.
+     far from it); only a measurement that straddles the target takes its full MEASURE_S, and so does every
+     confirmation that reaches it: a stop rests on full measurements.
+  4. A stop that likely pruned further than needed is bisected: the models between the last measurement
+     below the target and the stop are rebuilt from the pruning history (replayed on a copy of the model as
+     it entered) and measured, and pruning stops at the earliest one that three readings confirm. Further
+     than needed is a confirmed speed-up OVERSHOOT x the target or more (widths that leave a kernel's fast
+     path make latency fall in steps), or a long prediction: the line through the two measurements either
+     side of the target reaches it at MACS_SLACK x fewer MACs speed-up than the stop's (flat, noisy
+     readings send a prediction far).
   5. A target not reached when the step budget ends is one line: the best speed-up measured, the MACs
      speed-up it took, and why (prune.max_pruning_ratio, or latency bound by what pruning does not shrink).
 
@@ -53,9 +57,11 @@ MEASURE_S = 0.6  # pairs of samples per measurement: as many as fit this, within
 MIN_REPEATS, MAX_REPEATS = 6, 20  # (twice as many for a noisy measurement that leaves the decision open)
 DISAGREE = 0.1  # a confirmation this far from its probe (of their mean) is itself checked once more
 DECISIVE = 3  # pairs after which a measurement ends if every ratio so far lies on one side of the target: a
-#               median on the other side gives that with odds of 1 in 8, and a stop needs two such measurements
+#               median on the other side gives that with odds of 1 in 8 (if pairs were independent, which
+#               they are not quite: so a confirmation ends early only below the target)
 WARMUP = 2  # samples of each model before a measurement (compare_latency's warm-up); 1 for samples longer
-LONG_SAMPLE_S = 0.25  # than this
+LONG_SAMPLE_S = 0.25  # than this, and none for samples longer than
+WARM_S = 1.0  # this: a new model's one-time costs (allocations, kernel choice) are milliseconds next to it
 MAX_JUMP = 2.0  # a prediction moves the next measurement at most this factor further in MACs speed-up
 MIN_JUMP = 1.02  # ... and at least this factor: two measurements of nearly one model teach nothing new
 FLAT_JUMP = 1.1  # the next measurement's distance when latency did not fall with MACs over the fitted points
@@ -63,6 +69,9 @@ FIT_POINTS = 3  # measured models (the unpruned one included) the prediction's l
 AIM = 1.03  # predictions aim this much above the target: a measurement just below it costs one more
 CHEAP = 1.0  # measure after every step where one measurement costs at most this many pruning steps
 OVERSHOOT = 1.2  # a confirmed speed-up this far above the target, reached in a jump, is bisected
+MACS_SLACK = 1.2  # ... and so is a stop at this factor more MACs speed-up than where latency, interpolated
+#                   between the measurements either side of the target, reaches it (a stop that keeps 1/1.2,
+#                   83%, of the MACs that a model just at the target keeps)
 BOUND = 2.0  # a model whose MACs fell BOUND x the target while latency missed it is bound by unpruned parts
 
 
@@ -125,18 +134,22 @@ class StoppingRule:
         return min(max(needed, macs_now * MIN_JUMP), macs_now * MAX_JUMP)
 
 
-def reading(measure: Callable[[bool], Measurement], target: float) -> Tuple[List[Measurement], bool]:
+def reading(measure: Callable[[bool], Measurement], target: float,
+            confirmations: int = 1) -> Tuple[List[Measurement], bool]:
     """One model's measurements and whether they confirm the target: `measure(confirmation)` once, and where
-    that reaches the target a fresh confirmation, and one more when the two differ by more than DISAGREE of
-    their mean (the machine changed between them, say a neighbour's memory traffic that slows the larger
-    base model more: either may be off). The target is confirmed when every one of them reaches it."""
+    that reaches the target `confirmations` fresh ones, and one more when the first two differ by more than
+    DISAGREE of their mean (the machine changed between them, say a neighbour's memory traffic that slows
+    the larger base model more: either may be off). The target is confirmed when every one of them reaches
+    it; the first that falls short ends the reading."""
     taken = [measure(False)]
     if taken[0].ratio < target:
         return taken, False
-    taken.append(measure(True))
-    probe, check = taken[0].ratio, taken[1].ratio
-    if check >= target and abs(check - probe) > DISAGREE * (check + probe) / 2:
+    wanted = 1 + confirmations
+    while len(taken) < wanted and taken[-1].ratio >= target:
         taken.append(measure(True))
+        probe, check = taken[0].ratio, taken[-1].ratio
+        if len(taken) == 2 and abs(check - probe) > DISAGREE * (check + probe) / 2:
+            wanted = max(wanted, 3)
     return taken, all(m.ratio >= target for m in taken)
 
 
@@ -170,26 +183,64 @@ def run_to_target(rule: StoppingRule, budget: int, prune_step: Callable[[int], f
 UNPRUNED = Measurement(0, 1.0, 1.0, 1.0, 1.0, 0.0)  # step 0: the model as it entered, by definition
 
 
-def jumped_from(outcome: Outcome, target: float) -> Optional[Measurement]:
-    """When the confirmed stop lies OVERSHOOT x the target or more above it: the latest measurement of a step
-    that did not stop pruning (UNPRUNED if none), the other side of the jump."""
-    final = outcome.final
-    if not outcome.reached or final is None or final.ratio < OVERSHOOT * target:
-        return None
+def last_below(outcome: Outcome) -> Measurement:
+    """The latest measurement of a step that did not stop pruning (UNPRUNED if none): the step before the
+    stop on the other side of the target."""
     earlier = [m for m in outcome.measurements if m.step < outcome.steps and not m.confirmation]
     return max(earlier, key=lambda m: m.step, default=UNPRUNED)
 
 
+def mean_ratio(outcome: Outcome, step: int) -> float:
+    """The mean of a step's readings (probe and confirmations); 1.0 for the unpruned model."""
+    return statistics.mean(m.ratio for m in outcome.measurements if m.step == step) if step else 1.0
+
+
+def crossing(low: Tuple[float, float], high: Tuple[float, float], target: float) -> float:
+    """The MACs speed-up at which the line through two (MACs speed-up, latency speed-up) points, in log-log,
+    reaches `target`; the lower point's MACs speed-up where latency did not rise between them."""
+    (m0, r0), (m1, r1) = low, high
+    if r1 <= r0 or r0 >= target or m1 <= m0:
+        return m0
+    slope = math.log(r1 / r0) / math.log(m1 / m0)
+    return m0 * math.exp(math.log(target / r0) / slope)
+
+
+def jumped_from(outcome: Outcome, target: float) -> Optional[Measurement]:
+    """When the confirmed stop's readings lie OVERSHOOT x the target or more above it on average (their mean:
+    one reading of three can run high): `last_below`, the other side of the jump."""
+    if not outcome.reached or outcome.final is None or mean_ratio(outcome, outcome.steps) < OVERSHOOT * target:
+        return None
+    return last_below(outcome)
+
+
+def bisect_from(outcome: Outcome, target: float) -> Optional[Tuple[Measurement, str]]:
+    """When the confirmed stop probably pruned further than the target needs: `last_below` and why (a jump
+    far past the target, or latency interpolated between the two reaching it MACS_SLACK x earlier)."""
+    if not outcome.reached or outcome.final is None:
+        return None
+    low = jumped_from(outcome, target)
+    if low is not None:
+        return low, "far past the target"
+    low = last_below(outcome)
+    needed = crossing((low.macs_speed_up, mean_ratio(outcome, low.step)),
+                      (outcome.macs_speed_up, mean_ratio(outcome, outcome.steps)), target)
+    if outcome.macs_speed_up >= MACS_SLACK * needed:
+        return low, f"interpolated, latency reaches {target}x near {needed:.2f}x MACs"
+    return None
+
+
 def bisect_jump(outcome: Outcome, target: float, measure_at: Callable[[int, bool], Measurement],
                 changed: Optional[List[int]] = None) -> Outcome:
-    """After a jump (`jumped_from`): bisect the steps between the last measurement below the target and the
-    stop for the earliest one whose speed-up reaches the target, confirmed like any stop.
+    """Where a stop pruned further than needed (`bisect_from`): bisect the steps between the last measurement
+    below the target and the stop for the earliest one whose speed-up reaches the target, confirmed by two
+    fresh readings (one more than a stop on the way up).
     `measure_at(step, confirmation)` measures the model as it was after `step`; `changed` lists the steps
     after which the model differs from the step before (a step that pruned nothing, or rounded a width
     back to where it was, is not measured twice)."""
-    low = jumped_from(outcome, target)
-    if low is None:
+    why = bisect_from(outcome, target)
+    if why is None:
         return outcome
+    low = why[0]
     steps = [s for s in (changed if changed is not None else range(low.step + 1, outcome.steps))
              if low.step < s < outcome.steps]
     if not steps:  # no other model in between
@@ -198,7 +249,9 @@ def bisect_jump(outcome: Outcome, target: float, measure_at: Callable[[int, bool
     measurements = list(outcome.measurements)
     while above - below > 1:
         mid = (below + above) // 2
-        taken, confirmed = reading(lambda confirmation: measure_at(steps[mid], confirmation), target)
+        # two confirmations: the earliest of several models near the target that passes is the one whose
+        # readings ran high (the winner's curse), so passing takes one reading more than on the way up
+        taken, confirmed = reading(lambda confirmation: measure_at(steps[mid], confirmation), target, 2)
         measurements.extend(taken)
         if confirmed:
             above, final = mid, taken[-1]
@@ -235,7 +288,8 @@ class LatencyMeter:
         self.inner = max(1, min(MAX_INNER, math.ceil(SAMPLE_S / self.forward_s)))
         sample_s = self.inner * self.forward_s
         self.repeats = max(MIN_REPEATS, min(MAX_REPEATS, math.ceil(MEASURE_S / (2 * sample_s))))
-        self.warmup = 1 if sample_s > LONG_SAMPLE_S else WARMUP  # a long sample warms itself up
+        # a long sample warms itself up (MobileNetV2 at batch 64 on one core: about 5 s a forward)
+        self.warmup = 0 if sample_s > WARM_S else 1 if sample_s > LONG_SAMPLE_S else WARMUP
 
     def forward_seconds(self) -> float:
         """One forward of the base model, warm (the fastest of up to three; one that long is warm enough)."""
@@ -259,25 +313,28 @@ class LatencyMeter:
         as slow as the unpruned one: both models, warm-up and pairs."""
         return 2 * (self.warmup + DECISIVE) * self.inner * self.forward_s
 
-    def decided(self, ratios: List[float]) -> bool:
-        """Whether the pairs so far answer 'is the target reached?' (compare_latency's early stop)."""
-        return len(ratios) >= DECISIVE and (max(ratios) < self.target or min(ratios) >= self.target)
+    def decided(self, ratios: List[float], confirmation: bool = False) -> bool:
+        """Whether the pairs so far answer 'is the target reached?' (compare_latency's early stop). A
+        confirmation ends early only on a no: pairs a fraction of a second apart share the machine's state
+        (three high pairs in a row are likelier than independent odds say), and a yes stops pruning."""
+        return len(ratios) >= DECISIVE and (max(ratios) < self.target
+                                            or (min(ratios) >= self.target and not confirmation))
 
     def __call__(self, model: nn.Module, step: int, macs_speed_up: float, confirmation: bool) -> Measurement:
         started = time.perf_counter()
         deployed = as_deployed(model, self.dtype)
-        row = self._compare(deployed, self.repeats)
+        row = self._compare(deployed, self.repeats, confirmation)
         if row["noisy"] and row["ratio_q1"] < self.target <= row["ratio_q3"]:
             # an IQR wider than MAX_SPREAD of the median (a busy machine) that leaves the decision open:
             # once more, twice as long
-            row = self._compare(deployed, 2 * self.repeats)
+            row = self._compare(deployed, 2 * self.repeats, confirmation)
         return Measurement(step, macs_speed_up, row["ratio"], row["ratio_q1"], row["ratio_q3"],
                            time.perf_counter() - started, confirmation, bool(row["noisy"]))
 
-    def _compare(self, model: nn.Module, repeats: int) -> dict:
+    def _compare(self, model: nn.Module, repeats: int, confirmation: bool) -> dict:
         return compare_latency(_Repeated(self.base, self.inner), _Repeated(model, self.inner), self.input_shape,
                                self.device, (self.batch,), warmup=self.warmup, repeats=repeats,
-                               stop=self.decided)[self.batch]
+                               stop=lambda ratios: self.decided(ratios, confirmation), inner=1)[self.batch]
 
 
 class LatencyTargetError(UserError):
@@ -300,21 +357,20 @@ def why_missed(outcome: Outcome, target: float, max_pruning_ratio: float, budget
 
 
 def overshoot(outcome: Outcome, target: float, round_to: Optional[int]) -> Optional[str]:
-    """A line when the confirmed speed-up lies far above the target (after `bisect_jump`): latency fell that
-    far within one pruning step, and pruning stops only between steps."""
+    """A line when the confirmed speed-up lies far above the target (after `bisect_jump`) and the step before
+    read below it: latency fell that far within one pruning step, and pruning stops only between steps."""
     low = jumped_from(outcome, target)
-    if low is None:
+    before = mean_ratio(outcome, low.step) if low is not None else None
+    if before is None or before >= target:  # no jump, or one from a step that read above the target unconfirmed
         return None
-    final = outcome.final
-    before = statistics.mean(m.ratio for m in outcome.measurements if m.step == low.step) if low.step else 1.0
     why = ("some widths leave a kernel's fast path (prune.round_to=auto keeps them on it), or load on the machine "
            "moved the readings (rerun on an idle machine)" if not round_to else
            f"widths are rounded to multiples of {round_to}, so a step removes much at once; more "
            "prune.iterative_steps make the steps smaller")
-    where = f"step {low.step}, the mean of its measurements" if low.step else "the unpruned model"
+    where = f"step {low.step}, the mean of its readings" if low.step else "the unpruned model"
     return (f"prune: latency jumped from {before:.3f}x at {low.macs_speed_up:.3f}x MACs ({where}) to "
-            f"{final.ratio:.3f}x at {final.macs_speed_up:.3f}x MACs (step {final.step}), past the {target}x target: "
-            + why)
+            f"{mean_ratio(outcome, outcome.steps):.3f}x at {outcome.macs_speed_up:.3f}x MACs (step {outcome.steps}), "
+            f"past the {target}x target: " + why)
 
 
 def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: MacCounter, target: float,
@@ -325,8 +381,9 @@ def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: Ma
     """Prune in the pruner's small steps until the measured latency speed-up reaches `target` (confirmed);
     the result of progressive_prune plus "latency" (what was measured, and what measuring cost), "model" (the
     pruned model) and "history" (the pruning history that gives it from the model as it entered).
-    `rebuild(history)`, where given, returns the model as it entered pruned by `history`: with it a jump far
-    past the target is bisected (`bisect_jump`), and "model" may be such a rebuilt model instead of `model`."""
+    `rebuild(history)`, where given, returns the model as it entered pruned by `history`: with it a stop that
+    pruned further than needed is bisected (`bisect_from`, `bisect_jump`), and "model" may be such a rebuilt
+    model instead of `model`."""
     base_macs, base_params = counter.count(model)
     where = f"batch {meter.batch}, {meter.device.type} {meter.dtype}"
     started = time.perf_counter()
@@ -380,11 +437,13 @@ def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: Ma
             f"{why_missed(outcome, target, pruner.max_pruning_ratio, pruner.iterative_steps)}; lower prune.speed_up"
             + (", or measure at a larger prune.latency_batch" if meter.batch < 64 else ""))
     stopped_at = outcome.steps  # where `model` is now
-    jumped = jumped_from(outcome, target)
+    back = bisect_from(outcome, target)
     changed = [s for s in sorted(history_len) if s > 0 and history_len[s] != history_len[s - 1]]
-    if rebuild is not None and jumped is not None and any(jumped.step < s < outcome.steps for s in changed):
-        say(f"prune: {outcome.final.ratio:.2f}x at step {outcome.steps} after {jumped.ratio:.2f}x at step "
-            f"{jumped.step}: bisecting the steps in between for the earliest that reaches {target}x")
+    if rebuild is not None and back is not None and any(back[0].step < s < outcome.steps for s in changed):
+        low, why = back
+        say(f"prune: {mean_ratio(outcome, outcome.steps):.2f}x at step {outcome.steps} ({outcome.macs_speed_up:.2f}x "
+            f"MACs) after {mean_ratio(outcome, low.step):.2f}x at step {low.step} ({low.macs_speed_up:.2f}x MACs), "
+            f"{why}: bisecting the steps in between for the earliest that reaches {target}x")
         outcome = bisect_jump(outcome, target, measure_at, changed)
     jump = overshoot(outcome, target, pruner.round_to)
     if jump:
