@@ -245,7 +245,7 @@ def test_a_jump_far_past_the_target_that_bisection_cannot_undo_is_reported():
 
     jumped = Outcome(True, 42, 5.2, _m(42, 3.4, True), [_m(18, 1.1), _m(41, 1.4), _m(42, 3.3), _m(42, 3.4, True)])
     line = overshoot(jumped, 1.5, None)
-    assert "latency jumped from 1.400x at 5.100x MACs (step 41, the mean" in line and "to 3.350x" in line
+    assert "latency jumped from 1.400x at 5.100x MACs (step 41, the median" in line and "to 3.350x" in line
     assert "prune.round_to=auto" in line
     unconfirmed = Outcome(True, 42, 5.2, _m(42, 3.4, True), [_m(41, 1.6), _m(41, 1.3, True), _m(42, 3.4, True)])
     assert "from 1.450x at 5.100x MACs (step 41," in overshoot(unconfirmed, 1.5, None)  # a lucky 1.6, then 1.3
@@ -254,12 +254,12 @@ def test_a_jump_far_past_the_target_that_bisection_cannot_undo_is_reported():
     assert "from 1.000x at 1.000x MACs (the unpruned model) to 2.050x" in overshoot(first, 1.5, 8)
     close = Outcome(True, 51, 6.1, _m(51, 1.6, True), [_m(41, 1.4), _m(51, 1.6), _m(51, 1.6, True)])
     assert overshoot(close, 1.5, None) is None
-    lucky_last = Outcome(True, 51, 6.1, _m(51, 1.9, True), [_m(41, 1.4), _m(51, 1.6), _m(51, 1.6, True),
-                                                           _m(51, 1.9, True)])
-    assert overshoot(lucky_last, 1.5, None) is None  # 1.9 is the last of three readings, not their mean
+    lucky_last = Outcome(True, 51, 6.1, _m(51, 2.6, True), [_m(41, 1.4), _m(51, 1.6), _m(51, 1.7, True),
+                                                           _m(51, 2.6, True)])
+    assert overshoot(lucky_last, 1.5, None) is None  # 2.6 is the last of three readings, not their median
     above = Outcome(True, 51, 6.1, _m(51, 2.4, True), [_m(41, 1.6), _m(41, 1.4, True), _m(51, 2.4),
                                                       _m(51, 2.4, True)])
-    assert overshoot(above, 1.5, None) is None  # step 41 read 1.5x on average, unconfirmed: no jump across
+    assert overshoot(above, 1.5, None) is None  # step 41 read a median 1.5x, unconfirmed: no jump across
 
 
 def test_a_jump_is_bisected_back_to_the_earliest_step_that_reaches_the_target():

@@ -190,9 +190,10 @@ def last_below(outcome: Outcome) -> Measurement:
     return max(earlier, key=lambda m: m.step, default=UNPRUNED)
 
 
-def mean_ratio(outcome: Outcome, step: int) -> float:
-    """The mean of a step's readings (probe and confirmations); 1.0 for the unpruned model."""
-    return statistics.mean(m.ratio for m in outcome.measurements if m.step == step) if step else 1.0
+def step_ratio(outcome: Outcome, step: int) -> float:
+    """The median of a step's readings (probe and confirmations: of three, the third breaks a disagreement
+    of the first two, so one outlier does not move it); 1.0 for the unpruned model."""
+    return statistics.median(m.ratio for m in outcome.measurements if m.step == step) if step else 1.0
 
 
 def crossing(low: Tuple[float, float], high: Tuple[float, float], target: float) -> float:
@@ -206,9 +207,9 @@ def crossing(low: Tuple[float, float], high: Tuple[float, float], target: float)
 
 
 def jumped_from(outcome: Outcome, target: float) -> Optional[Measurement]:
-    """When the confirmed stop's readings lie OVERSHOOT x the target or more above it on average (their mean:
-    one reading of three can run high): `last_below`, the other side of the jump."""
-    if not outcome.reached or outcome.final is None or mean_ratio(outcome, outcome.steps) < OVERSHOOT * target:
+    """When the confirmed stop's readings lie OVERSHOOT x the target or more above it (their median, not the
+    last reading, which can be the outlier): `last_below`, the other side of the jump."""
+    if not outcome.reached or outcome.final is None or step_ratio(outcome, outcome.steps) < OVERSHOOT * target:
         return None
     return last_below(outcome)
 
@@ -222,8 +223,8 @@ def bisect_from(outcome: Outcome, target: float) -> Optional[Tuple[Measurement, 
     if low is not None:
         return low, "far past the target"
     low = last_below(outcome)
-    needed = crossing((low.macs_speed_up, mean_ratio(outcome, low.step)),
-                      (outcome.macs_speed_up, mean_ratio(outcome, outcome.steps)), target)
+    needed = crossing((low.macs_speed_up, step_ratio(outcome, low.step)),
+                      (outcome.macs_speed_up, step_ratio(outcome, outcome.steps)), target)
     if outcome.macs_speed_up >= MACS_SLACK * needed:
         return low, f"interpolated, latency reaches {target}x near {needed:.2f}x MACs"
     return None
@@ -360,16 +361,16 @@ def overshoot(outcome: Outcome, target: float, round_to: Optional[int]) -> Optio
     """A line when the confirmed speed-up lies far above the target (after `bisect_jump`) and the step before
     read below it: latency fell that far within one pruning step, and pruning stops only between steps."""
     low = jumped_from(outcome, target)
-    before = mean_ratio(outcome, low.step) if low is not None else None
+    before = step_ratio(outcome, low.step) if low is not None else None
     if before is None or before >= target:  # no jump, or one from a step that read above the target unconfirmed
         return None
     why = ("some widths leave a kernel's fast path (prune.round_to=auto keeps them on it), or load on the machine "
            "moved the readings (rerun on an idle machine)" if not round_to else
            f"widths are rounded to multiples of {round_to}, so a step removes much at once; more "
            "prune.iterative_steps make the steps smaller")
-    where = f"step {low.step}, the mean of its readings" if low.step else "the unpruned model"
+    where = f"step {low.step}, the median of its readings" if low.step else "the unpruned model"
     return (f"prune: latency jumped from {before:.3f}x at {low.macs_speed_up:.3f}x MACs ({where}) to "
-            f"{mean_ratio(outcome, outcome.steps):.3f}x at {outcome.macs_speed_up:.3f}x MACs (step {outcome.steps}), "
+            f"{step_ratio(outcome, outcome.steps):.3f}x at {outcome.macs_speed_up:.3f}x MACs (step {outcome.steps}), "
             f"past the {target}x target: " + why)
 
 
@@ -441,8 +442,8 @@ def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: Ma
     changed = [s for s in sorted(history_len) if s > 0 and history_len[s] != history_len[s - 1]]
     if rebuild is not None and back is not None and any(back[0].step < s < outcome.steps for s in changed):
         low, why = back
-        say(f"prune: {mean_ratio(outcome, outcome.steps):.2f}x at step {outcome.steps} ({outcome.macs_speed_up:.2f}x "
-            f"MACs) after {mean_ratio(outcome, low.step):.2f}x at step {low.step} ({low.macs_speed_up:.2f}x MACs), "
+        say(f"prune: {step_ratio(outcome, outcome.steps):.2f}x at step {outcome.steps} ({outcome.macs_speed_up:.2f}x "
+            f"MACs) after {step_ratio(outcome, low.step):.2f}x at step {low.step} ({low.macs_speed_up:.2f}x MACs), "
             f"{why}: bisecting the steps in between for the earliest that reaches {target}x")
         outcome = bisect_jump(outcome, target, measure_at, changed)
     jump = overshoot(outcome, target, pruner.round_to)
