@@ -33,3 +33,15 @@ def test_bench_round_to_chooses_a_multiple():
                     ["--widths", "14", "18", "--repeats", "2", "--batch", "1", "--size", "4"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"^round_to for \(cpu, fp32\): \d+", done.stdout, re.MULTILINE), done.stdout
+
+
+def test_probe_latency_meter_reads_the_live_and_the_rebuilt_model_both_ways(monkeypatch):
+    from conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))  # it imports bench_latency_target, as `python scripts/...` does
+    done = run_main(script_main("probe_latency_meter"), ["--model", "resnet20", "--steps", "5", "--rounds", "1"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"step 5: \d+\.\d+x fewer MACs", done.stdout), done.stdout
+    for label in ("live", "rebuilt"):
+        assert re.search(rf"^round 0 {label} +meter( \d+\.\d+){{3}} \| check \d+\.\d+ \[", done.stdout, re.MULTILINE), \
+            done.stdout
