@@ -246,7 +246,7 @@ def prune(state: RunState, run: StageRun):
                   + (" measured latency" if cfg.prune.target == "latency" else ""))
 
     describe = f"model {cfg.model.name} with method {cfg.method.name}"
-    if cfg.prune.target == "latency":  # may step back to an earlier, rebuilt model (a jump past the target)
+    if cfg.prune.target == "latency":  # may step back to an earlier, rebuilt model (a stop past the need)
         result = prune_to_latency_in_run(state, model, pruner, calibrate, describe, on_step)
         model, history = result.pop("model"), result.pop("history")
     else:

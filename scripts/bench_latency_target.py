@@ -11,7 +11,7 @@ Printed per row: target, MACs speed-up reached, independently measured speed-up 
 for latency runs the seconds spent measuring and the number of measurements.
 Goals: latency runs measure >= 0.95x their target independently; a latency run takes <= 3x the time of the
 MACs run to the same number. The last line also gives that ratio without the measurements (the pruning
-steps, further where latency lags MACs; the meter's set-up; the models rebuilt to bisect a jump).
+steps, further where latency lags MACs; the meter's set-up; the models rebuilt to bisect a stop past the need).
 
 Run: .venv/bin/python scripts/bench_latency_target.py [--models resnet56 mobilenet_v2] [--batches 1 64]
      [--targets 1.5 2] [--threads 1] [--round-to auto] [--verbose]

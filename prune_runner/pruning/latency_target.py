@@ -147,10 +147,15 @@ def reading(measure: Callable[[bool], Measurement], target: float,
     wanted = 1 + confirmations
     while len(taken) < wanted and taken[-1].ratio >= target:
         taken.append(measure(True))
-        probe, check = taken[0].ratio, taken[-1].ratio
-        if len(taken) == 2 and abs(check - probe) > DISAGREE * (check + probe) / 2:
+        if len(taken) == 2 and abs(taken[1].ratio - taken[0].ratio) > DISAGREE * median_ratio(taken):
             wanted = max(wanted, 3)
     return taken, all(m.ratio >= target for m in taken)
+
+
+def median_ratio(readings: List[Measurement]) -> float:
+    """The median of one model's readings (probe and confirmations: of three, the third breaks a
+    disagreement of the first two, so one outlier does not move it)."""
+    return statistics.median(m.ratio for m in readings)
 
 
 def run_to_target(rule: StoppingRule, budget: int, prune_step: Callable[[int], float],
@@ -174,7 +179,7 @@ def run_to_target(rule: StoppingRule, budget: int, prune_step: Callable[[int], f
         measured_at = macs
         if confirmed:
             return Outcome(True, step, macs, taken[-1], measurements, rule.every_step)
-        rule.record(macs, statistics.median(m.ratio for m in taken))
+        rule.record(macs, median_ratio(taken))
     missed = Outcome(False, budget, macs, None, measurements, rule.every_step)
     missed.final = missed.best
     return missed
@@ -191,9 +196,8 @@ def last_below(outcome: Outcome) -> Measurement:
 
 
 def step_ratio(outcome: Outcome, step: int) -> float:
-    """The median of a step's readings (probe and confirmations: of three, the third breaks a disagreement
-    of the first two, so one outlier does not move it); 1.0 for the unpruned model."""
-    return statistics.median(m.ratio for m in outcome.measurements if m.step == step) if step else 1.0
+    """`median_ratio` of a step's readings; 1.0 for the unpruned model."""
+    return median_ratio([m for m in outcome.measurements if m.step == step]) if step else 1.0
 
 
 def crossing(low: Tuple[float, float], high: Tuple[float, float], target: float) -> float:
@@ -476,7 +480,7 @@ def prune_to_latency_in_run(state, model: nn.Module, pruner: tp.pruner.BasePrune
     dtype = resolve_latency_dtype(cfg.eval.latency_dtype, state.device)
     meter = LatencyMeter(model, (3, state.input_size, state.input_size), state.device, dtype,
                          cfg.prune.latency_batch, cfg.prune.speed_up)
-    entered = copy.deepcopy(model).cpu()  # what a jump past the target is bisected from
+    entered = copy.deepcopy(model).cpu()  # what a stop past the need is bisected from
 
     def rebuild(history: list) -> nn.Module:
         return state.to_device(pruned_copy(entered, history, state.num_classes, state.input_size))
