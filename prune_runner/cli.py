@@ -208,7 +208,7 @@ def _app(dcfg: DictConfig) -> Optional[float]:
     or None for a run that failed or has no results."""
     # imported here, not at the top: the pipeline loads torch, torchvision and torch-pruning (seconds); with
     # `--cfg job` Hydra prints the config without calling _app, and stays fast
-    from .pipeline import run_pipeline
+    from .run.pipeline import run_pipeline
     from .search import run_objective
 
     hc = HydraConfig.get()

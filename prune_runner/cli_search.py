@@ -33,7 +33,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
-from .files import atomic_write_json
+from .run.files import atomic_write_json
 
 TRIALS = ".study_trials"  # per-trial records in the sweep dir, written by the jobs
 INSTALL = "pip install 'prune-runner[search]'"

@@ -119,7 +119,7 @@ class SearchConfig:
 
 @dataclass
 class MlflowConfig:
-    # logger=mlflow (tracking_mlflow.py): the experiment; None = $MLFLOW_EXPERIMENT_NAME, else prune-runner.
+    # logger=mlflow (tracking/mlflow_run.py): the experiment; None = $MLFLOW_EXPERIMENT_NAME, else prune-runner.
     # The store is $MLFLOW_TRACKING_URI, else sqlite:///<out_root>/mlflow.db
     experiment: Optional[str] = None
 

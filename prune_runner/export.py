@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .files import atomic_path
 from .registry import Registry
+from .run.files import atomic_path
 
 ONNX_HINT = "pip install 'prune-runner[export]'"
 

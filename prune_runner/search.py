@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from .files import atomic_write_json
 from .registry import Registry
 from .report.plots import plot_study
+from .run.files import atomic_write_json
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ from .config import STAGES, RunConfig
 from .data import list_datasets
 from .errors import UnknownChoiceError, UserError
 from .export import validate_formats
-from .latency_dtype import check_latency_dtype
+from .latency.dtype import check_latency_dtype
 from .models import get_model_spec
 from .models.support import check_supported
 from .pruning import METHODS, NORMALIZERS, check_round_to, resolve_method_defaults
 from .search import OBJECTIVES
-from .tracking_mlflow import check_installed as mlflow_installed
+from .tracking.mlflow_run import check_installed as mlflow_installed
 
 LR_SCHEDULES = ("constant", "cosine", "step")
 RESUME_MODES = ("auto", "overwrite")

@@ -19,8 +19,8 @@ import torch
 from rich.console import Console
 
 from prune_runner.config import RunConfig, ScheduleConfig, StageSchedule
-from prune_runner.pipeline import run_pipeline
-from prune_runner.report.provenance import cpu_name
+from prune_runner.latency.device import cpu_name
+from prune_runner.run.pipeline import run_pipeline
 
 DEFAULT_MODELS = "mobilenet_v3_small,efficientnet_b0,squeezenet1_1,regnet_x_400mf"
 

@@ -6,7 +6,7 @@ seeded random labels, batch 128, SGD momentum, cross-entropy:
              RandomHorizontalFlip, ToTensor, Normalize; DataLoader(workers, shuffle, drop_last,
              pin_memory on cuda); fp32 NCHW; loss.item() every step (as the reference scripts log).
   fast:      the images as uint8 tensors on the device (prune_runner.data TensorData), batched
-             on-device crop/flip, prune_runner.train.train_epoch with bf16 autocast and
+             on-device crop/flip, prune_runner.train.loop.train_epoch with bf16 autocast and
              channels_last on cuda (fp32 NCHW on cpu), optionally torch.compile.
 Each path gets one untimed warm-up epoch over a slice, then the timed epochs alternate the order.
 With --limit-steps only the first N steps are timed and the epoch is extrapolated (printed as such).
@@ -40,9 +40,9 @@ from prune_runner.config import StageSchedule  # noqa: E402
 from prune_runner.data.base import DataOptions  # noqa: E402
 from prune_runner.data.loader_data import data_from_tensors  # noqa: E402
 from prune_runner.data.tensor_data import ImageTensors  # noqa: E402
+from prune_runner.latency.device import cpu_name  # noqa: E402
 from prune_runner.models import build_model  # noqa: E402
-from prune_runner.report.provenance import cpu_name  # noqa: E402
-from prune_runner.train import Fast, make_optimizer, make_scheduler, train_epoch  # noqa: E402
+from prune_runner.train.loop import Fast, make_optimizer, make_scheduler, train_epoch  # noqa: E402
 
 NUM_CLASSES = 10
 SIDE = 32  # CIFAR image side, pixels

@@ -2,7 +2,7 @@
 
 The true ratio is 1.0. Two methods, on the same pair of models, in the same process:
   sequential:  model A timed alone (its median), then model B timed alone: the old eval stage
-  interleaved: prune_runner.latency.compare_latency, A and B alternating within one measurement
+  interleaved: prune_runner.latency.meter.compare_latency, A and B alternating within one measurement
 A background process group loads every CPU core in a square wave: busy for `--period` seconds,
 idle for the next `--period` seconds (a sweep job starting, another user's epochs). Each trial
 starts at the beginning of a busy phase, so the sequential method times A mostly under load and B
@@ -21,9 +21,9 @@ import time
 
 import torch
 
-from prune_runner.latency import MAX_SPREAD, compare_latency, measure_latency
+from prune_runner.latency.device import cpu_name
+from prune_runner.latency.meter import MAX_SPREAD, compare_latency, measure_latency
 from prune_runner.models import build_model
-from prune_runner.report.provenance import cpu_name
 
 BAND = (0.9, 1.1)  # an honest ratio of two identical models lies within this
 

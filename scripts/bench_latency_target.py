@@ -26,7 +26,8 @@ from functools import partial
 
 import torch
 
-from prune_runner.latency import compare_latency
+from prune_runner.latency.device import cpu_name
+from prune_runner.latency.meter import compare_latency
 from prune_runner.models import build_model, get_model_spec
 from prune_runner.pruning import (
     LatencyTargetError,
@@ -39,7 +40,6 @@ from prune_runner.pruning import (
     resolve_round_to,
 )
 from prune_runner.pruning.latency_target import LatencyMeter
-from prune_runner.report.provenance import cpu_name
 
 NUM_CLASSES = {"cifar": 10, "torchvision": 1000}
 CHECK_SECONDS = 20.0  # an independent measurement lasts about this long (at least 6, at most 100 pairs)

@@ -24,10 +24,10 @@ import torch_pruning as tp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from prune_runner.latency.device import cpu_name  # noqa: E402
 from prune_runner.models import build_model, get_model_spec  # noqa: E402
 from prune_runner.pruning.hints import pruning_hints  # noqa: E402
 from prune_runner.pruning.regularizers import build_regularizer  # noqa: E402
-from prune_runner.report.provenance import cpu_name  # noqa: E402
 
 DEFAULT_MODELS = "resnet56,resnet18,vgg19_bn,mobilenet_v2,vit_b_16"
 NUM_CLASSES = 10

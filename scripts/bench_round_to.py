@@ -25,9 +25,9 @@ import time
 import torch
 import torch.nn as nn
 
-from prune_runner.latency import _inner_count, _sample_ms
-from prune_runner.latency_dtype import LATENCY_DTYPES
-from prune_runner.report.provenance import cpu_name
+from prune_runner.latency.device import cpu_name
+from prune_runner.latency.dtype import LATENCY_DTYPES
+from prune_runner.latency.meter import _inner_count, _sample_ms
 
 MULTIPLES = (1, 2, 4, 8, 16, 32)
 

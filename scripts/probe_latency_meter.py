@@ -19,10 +19,10 @@ import time
 import torch
 from bench_latency_target import check, fresh_model
 
+from prune_runner.latency.device import cpu_name
 from prune_runner.pruning import MacCounter, build_pruner, get_method, pruned_copy
 from prune_runner.pruning.hints import sync_after_pruning
 from prune_runner.pruning.latency_target import LatencyMeter
-from prune_runner.report.provenance import cpu_name
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -66,7 +66,7 @@ def run(out: Path, name: str, overrides: dict) -> dict:
     """One in-process pipeline run (its console output kept in <run_dir>/console.txt); its records."""
     from rich.console import Console
 
-    from prune_runner.pipeline import run_pipeline
+    from prune_runner.run.pipeline import run_pipeline
 
     run_dir = out / name
     cfg = compose({**COMMON, **overrides, "out_root": str(out), "run_dir": str(run_dir)})
@@ -116,7 +116,7 @@ def mean_std(values) -> str:
 def machine() -> str:
     import torch
 
-    from prune_runner.report.provenance import cpu_name
+    from prune_runner.latency.device import cpu_name
 
     return (f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
             f"{torch.get_num_threads()} torch threads, python {platform.python_version()}")

@@ -10,7 +10,7 @@ from rich.console import Console
 
 import prune_runner.cli  # noqa: F401  registers the typed schema and the run-dir resolvers
 from prune_runner.config import RunConfig
-from prune_runner.pipeline import run_pipeline
+from prune_runner.run.pipeline import run_pipeline
 
 QUICK = {"dataset": "digits", "schedule": "tiny", "device": "cpu", "progress": "false", "eval.latency": "false",
          "prune.iterative_steps": 25}

@@ -8,10 +8,10 @@ import copy
 import torch
 import torch.nn as nn
 
-from prune_runner.bn_recal import batches_for, recalibrate_bn
 from prune_runner.data import build_data
 from prune_runner.models import build_model
-from prune_runner.train import Fast
+from prune_runner.train.bn_recal import batches_for, recalibrate_bn
+from prune_runner.train.loop import Fast
 
 CPU = torch.device("cpu")
 FP32 = Fast(amp=False, channels_last=False)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from prune_runner.bn_stats import batchnorms, recalibrate_batchnorms, slow_batchnorms
 from prune_runner.models import build_model
-from prune_runner.train import Fast
+from prune_runner.train.bn_stats import batchnorms, recalibrate_batchnorms, slow_batchnorms
+from prune_runner.train.loop import Fast
 
 
 def _slow_and_fast():
@@ -47,8 +47,8 @@ def test_sparse_training_reestimates_every_batchnorm_before_it_validates(tmp_pat
     every layer each epoch; pretraining leaves resnet20's (momentum 0.1) alone."""
     from inprocess import tiny_config
 
-    from prune_runner import stages
-    from prune_runner.pipeline import run_pipeline
+    from prune_runner.run import stages
+    from prune_runner.run.pipeline import run_pipeline
 
     calls = []
     real = stages.recalibrate_batchnorms

@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 
 from prune_runner.config import RunConfig
-from prune_runner.distill import Distiller, distill_loss
-from prune_runner.records import StageInputs, config_hash, own_config, teacher_key, teacher_record
-from prune_runner.train import Fast, train_epoch
+from prune_runner.run.records import StageInputs, config_hash, own_config, teacher_key, teacher_record
+from prune_runner.train.distill import Distiller, distill_loss
+from prune_runner.train.loop import Fast, train_epoch
 
 CPU = torch.device("cpu")
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from prune_runner import latency
-from prune_runner.latency import MAX_SPREAD, compare_latency, measure_latency
+from prune_runner.latency import meter as latency
+from prune_runner.latency.meter import MAX_SPREAD, compare_latency, measure_latency
 
 
 def test_measure_latency_reports_positive_medians_per_batch_size():

@@ -27,7 +27,7 @@ from prune_runner.pruning import (
     resolve_round_to,
 )
 from prune_runner.pruning.latency_target import Measurement, StoppingRule, run_to_target
-from prune_runner.records import StageInputs, own_config
+from prune_runner.run.records import StageInputs, own_config
 
 
 def fake_timer(ratios):
@@ -223,7 +223,7 @@ def test_results_and_report_show_macs_and_latency_speed_ups_side_by_side(tmp_pat
 def test_the_meter_compares_a_frozen_copy_of_the_unpruned_model_with_the_current_one(monkeypatch):
     """With a fake clock (the base model's samples take 3 ms, any other 2 ms): the ratio is 1.5, the meter's
     copy does not follow the model as it is pruned, and the model keeps its training flag."""
-    from prune_runner import latency
+    from prune_runner.latency import meter as latency
     from prune_runner.pruning.latency_target import LatencyMeter
 
     model = _tiny_net().train()
@@ -362,7 +362,7 @@ def test_prune_to_latency_steps_back_to_a_model_rebuilt_from_the_pruning_history
 def test_a_measurement_ends_early_once_every_pair_lies_on_one_side_of_the_target(monkeypatch):
     """Three pairs at 1.5x settle 'is 1.2x reached?' for a probe, and 'is 2x reached?' for any measurement; a
     confirmation that says yes, and pairs that straddle the target, take the full measurement."""
-    from prune_runner import latency
+    from prune_runner.latency import meter as latency
     from prune_runner.pruning.latency_target import DECISIVE, LatencyMeter
 
     model = _tiny_net()
@@ -409,8 +409,8 @@ def test_the_prune_stage_keeps_the_bisected_model_and_its_history(tmp_path, monk
     that reaches the target, and its checkpoint (history replayed on a fresh model) is that model."""
     from inprocess import run_inprocess
 
-    from prune_runner.checkpoint import load_checkpoint, rebuild_model
     from prune_runner.pruning.latency_target import LatencyMeter
+    from prune_runner.run.checkpoint import load_checkpoint, rebuild_model
 
     monkeypatch.setattr(LatencyMeter, "measurement_seconds", lambda self: 1e3)  # predict from MACs
     monkeypatch.setattr(LatencyMeter, "__call__", StepMeter.__call__)

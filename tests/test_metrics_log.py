@@ -10,7 +10,7 @@ import pytest
 
 from prune_runner.config import RunConfig
 from prune_runner.errors import UserError
-from prune_runner.metrics_log import MetricsLog
+from prune_runner.tracking.metrics_log import MetricsLog
 from prune_runner.validate import validate
 
 

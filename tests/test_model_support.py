@@ -10,7 +10,7 @@ from prune_runner.errors import UserError
 from prune_runner.models import get_model_spec
 from prune_runner.models.support import NOT_SUPPORTED, ModelNotSupportedError
 from prune_runner.models.torchvision_models import torchvision_model_names
-from prune_runner.pipeline import run_pipeline
+from prune_runner.run.pipeline import run_pipeline
 
 
 def test_every_refused_family_exists_in_torchvision():

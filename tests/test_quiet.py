@@ -14,8 +14,8 @@ from conftest import REPO, run_cli
 from inprocess import tiny_config
 from rich.console import Console
 
-from prune_runner.pipeline import run_pipeline
 from prune_runner.report.results import chance_warning
+from prune_runner.run.pipeline import run_pipeline
 
 
 def test_prune_prints_a_line_per_step_and_a_chance_run_warns(tmp_path):
@@ -42,7 +42,7 @@ def test_chance_warning_threshold():
 
 def test_cpu_latency_prints_no_cuda_home_note(tmp_path):
     """torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME without a CUDA runtime."""
-    code = ("import torch.nn as nn; from prune_runner.latency import measure_latency; "
+    code = ("import torch.nn as nn; from prune_runner.latency.meter import measure_latency; "
             "m = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)); "
             "measure_latency(m, (3, 2, 2), 'cpu', (1,), warmup=1, repeats=2)")
     env = {"PYTHONPATH": str(REPO), "CUDA_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}

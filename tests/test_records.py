@@ -8,10 +8,10 @@ import os
 import pytest
 import torch
 
-from prune_runner.checkpoint import load_checkpoint, save_checkpoint
 from prune_runner.errors import CheckpointError, UserError
-from prune_runner.files import atomic_write_bytes
-from prune_runner.records import StageDir
+from prune_runner.run.checkpoint import load_checkpoint, save_checkpoint
+from prune_runner.run.files import atomic_write_bytes
+from prune_runner.run.records import StageDir
 
 
 def test_checksum_detects_a_truncated_checkpoint(tmp_path):

@@ -17,17 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from prune_runner.checkpoint import model_payload, save_checkpoint
 from prune_runner.config import RunConfig
 from prune_runner.data import build_data
 from prune_runner.data import cifar as cifar_module
 from prune_runner.data.base import folder_fingerprint
 from prune_runner.errors import CheckpointError, RunDirBusyError, UserError
-from prune_runner.locks import lock_run_dir, wait_for
-from prune_runner.metrics_log import MetricsLog
 from prune_runner.models import build_model
-from prune_runner.pipeline import run_pipeline
-from prune_runner.records import StageInputs, chain, config_hash, own_config
+from prune_runner.run.checkpoint import model_payload, save_checkpoint
+from prune_runner.run.locks import lock_run_dir, wait_for
+from prune_runner.run.pipeline import run_pipeline
+from prune_runner.run.records import StageInputs, chain, config_hash, own_config
+from prune_runner.tracking.metrics_log import MetricsLog
 from prune_runner.validate import validate
 
 

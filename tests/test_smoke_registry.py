@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prune_runner.checkpoint import load_checkpoint, model_payload, rebuild_model, save_checkpoint
 from prune_runner.models import MODELS, build_model, list_models
 from prune_runner.models.support import method_unsupported_reason
 from prune_runner.pruning import ObdcCalibration, build_pruner, grad_calibration, progressive_prune
 from prune_runner.pruning.macs import MacCounter
 from prune_runner.pruning.methods import get_method, list_methods
 from prune_runner.pruning.regularizers import build_regularizer
+from prune_runner.run.checkpoint import load_checkpoint, model_payload, rebuild_model, save_checkpoint
 
 CIFAR_MODELS = list_models(family="cifar")
 # the smallest registered model of each architecture family, keyed by the module that registers the family

@@ -6,7 +6,7 @@ import pytest
 from inprocess import compose, run_inprocess
 
 from prune_runner.pruning.method_defaults import METHOD_DEFAULTS, resolve_method_defaults
-from prune_runner.stages import weak_sparsity_warning
+from prune_runner.run.stages import weak_sparsity_warning
 
 WEAK = "warning: sparse training left only"
 

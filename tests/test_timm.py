@@ -18,12 +18,12 @@ import timm  # noqa: E402
 from conftest import readme_commands  # noqa: E402
 from inprocess import run_inprocess, tiny_config  # noqa: E402
 
-from prune_runner.checkpoint import load_checkpoint, model_payload, rebuild_model, save_checkpoint  # noqa: E402
 from prune_runner.cli import preflight  # noqa: E402
 from prune_runner.errors import UserError  # noqa: E402
 from prune_runner.models import build_model, get_model_spec  # noqa: E402
 from prune_runner.models.support import ModelNotSupportedError  # noqa: E402
 from prune_runner.pruning import MacCounter, build_pruner, get_method, progressive_prune  # noqa: E402
+from prune_runner.run.checkpoint import load_checkpoint, model_payload, rebuild_model, save_checkpoint  # noqa: E402
 from prune_runner.validate import validate  # noqa: E402
 
 # timm module (family) -> a small model of it, and the input side it runs at on digits (8x8 images, upscaled)

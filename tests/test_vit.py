@@ -7,12 +7,12 @@ import torch
 from inprocess import tiny_config
 from torchvision.models.vision_transformer import VisionTransformer
 
-from prune_runner.checkpoint import load_checkpoint, model_payload, rebuild_model
 from prune_runner.models import MODELS, build_model, register_model
-from prune_runner.pipeline import run_pipeline
 from prune_runner.pruning import build_pruner, progressive_prune
 from prune_runner.pruning.macs import MacCounter
 from prune_runner.pruning.methods import get_method
+from prune_runner.run.checkpoint import load_checkpoint, model_payload, rebuild_model
+from prune_runner.run.pipeline import run_pipeline
 
 TINY_VIT = "vit_tiny_test"  # registered here only: a 2-layer ViT that trains in seconds on a CPU
 

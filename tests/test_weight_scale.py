@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from prune_runner.bn_recal import conv_bn_pairs, recalibrate_bn, restore_weight_scale
-from prune_runner.train import Fast
+from prune_runner.train.bn_recal import conv_bn_pairs, recalibrate_bn, restore_weight_scale
+from prune_runner.train.loop import Fast
 
 
 def _net():

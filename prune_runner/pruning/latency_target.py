@@ -45,8 +45,8 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ..errors import UserError
-from ..latency import MAX_SPREAD, compare_latency
-from ..latency_dtype import LATENCY_DTYPES, as_deployed, device_name, resolve_latency_dtype
+from ..latency.dtype import LATENCY_DTYPES, as_deployed, device_name, resolve_latency_dtype
+from ..latency.meter import MAX_SPREAD, compare_latency
 from .hints import sync_after_pruning
 from .history import pruned_copy
 from .macs import MacCounter

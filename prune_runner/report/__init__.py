@@ -5,7 +5,6 @@ summary.py     finished runs collected, seeds combined: report.md and the consol
 plots.py       figures: accuracy vs speed-up (tradeoff.png), per-channel importance (sparsity.png), a search's
                objective against its parameters (study.png)
 reference.py   published reference points (reference_results.yaml)
-provenance.py  what a number was measured on
 """
 
 from .plots import plot_importance, plot_study, plot_tradeoff

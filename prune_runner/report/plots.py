@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_path
+from ..run.files import atomic_path
 from .reference import load_reference
 
 LOG_X_SPREAD = 1e3  # use a log x-axis when max / smallest positive value exceeds this (3 decades)

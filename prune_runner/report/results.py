@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .. import __version__
 from ..config import STAGES
-from .provenance import cpu_name
+from ..latency.device import cpu_name
 
 
 def _latency_summary(latency: dict | None) -> dict | None:

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from ..config import STAGES
 from ..errors import UserError
-from ..files import atomic_write_text
+from ..run.files import atomic_write_text
 from .plots import plot_tradeoff
 from .reference import load_reference
 

@@ -31,11 +31,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from .config import STAGES, RunConfig, dotted
-from .errors import UserError
-from .files import atomic_write_json
+from ..config import STAGES, RunConfig, dotted
+from ..errors import UserError
+from ..report import write_report
+from ..run.files import atomic_write_json
 from .metrics_log import MetricsLog
-from .report import write_report
 
 INSTALL = "pip install 'prune-runner[mlflow]'"
 DEFAULT_EXPERIMENT = "prune-runner"

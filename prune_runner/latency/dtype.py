@@ -13,8 +13,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .errors import UnknownChoiceError
-from .report.provenance import cpu_name
+from ..errors import UnknownChoiceError
+from .device import cpu_name
 
 LATENCY_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

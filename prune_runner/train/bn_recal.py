@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.nn as nn
 
-from .train import Fast
+from .loop import Fast
 
 _BN = nn.modules.batchnorm._BatchNorm
 

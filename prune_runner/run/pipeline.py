@@ -16,16 +16,20 @@ from typing import Optional
 import torch
 from rich.console import Console
 
-from .config import STAGES, RunConfig
-from .data import build_data
+from ..config import STAGES, RunConfig
+from ..data import build_data
+from ..errors import CheckpointError, RecordError, UserError
+from ..latency.dtype import latency_inputs
+from ..models import get_model_spec
+from ..pruning import get_method
+from ..report import print_results
+from ..tracking.metrics_log import MetricsLog
+from ..tracking.mlflow_run import MlflowTracker
+from ..train.loop import Fast
+from ..validate import validate
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
-from .errors import CheckpointError, RecordError, UserError
 from .files import atomic_write_json, read_json
-from .latency_dtype import latency_inputs
 from .locks import lock_run_dir
-from .metrics_log import MetricsLog
-from .models import get_model_spec
-from .pruning import get_method
 from .records import (
     RECORD_FORMAT,
     StageCache,
@@ -40,12 +44,8 @@ from .records import (
     problem_with,
     teacher_key,
 )
-from .report import print_results
 from .stages import MAIN_ONLY, STAGE_FNS, StageRun
 from .state import RunState
-from .tracking_mlflow import MlflowTracker
-from .train import Fast
-from .validate import validate
 
 
 def resolve_device(name: str, dist: DistInfo) -> torch.device:
@@ -198,7 +198,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, console: Optional[Console] = Non
 
 
 def _tracker(cfg: RunConfig, run_dir: Path, console: Console, overrides: str):
-    """logger=mlflow: the run's MLflow run (tracking_mlflow.py), which never fails the run."""
+    """logger=mlflow: the run's MLflow run (tracking/mlflow_run.py), which never fails the run."""
     if cfg.logger != "mlflow":
         return None
     return MlflowTracker(cfg, run_dir, overrides, warn=lambda text: console.print(f"[yellow]{text}[/yellow]"))

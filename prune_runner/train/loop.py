@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import FastConfig, StageSchedule
-from .errors import UserError
+from ..config import FastConfig, StageSchedule
+from ..errors import UserError
 
 
 class DivergedError(UserError):

@@ -10,13 +10,13 @@ import torch
 import torch.nn as nn
 from rich.console import Console
 
+from ..config import RunConfig
+from ..errors import UserError
+from ..pruning import MethodSpec
+from ..tracking.metrics_log import MetricsLog
+from ..train.loop import Fast
 from .checkpoint import load_checkpoint, model_payload, rebuild_model
-from .config import RunConfig
 from .distributed import DistInfo
-from .errors import UserError
-from .metrics_log import MetricsLog
-from .pruning import MethodSpec
-from .train import Fast
 
 
 @dataclass

@@ -8,15 +8,15 @@ import json
 import time
 from pathlib import Path
 
-from .config import STAGES
-from .errors import UserError
-from .files import atomic_write_bytes
+from ..config import STAGES
+from ..errors import UserError
+from ..run.files import atomic_write_bytes
 
 
 class MetricsLog:
     def __init__(self, run_dir: Path, enabled: bool = True, logger: str = "jsonl", sink=None):
         self.enabled = enabled
-        self.sink = sink  # has log_rows(rows): gets each row as it is logged (tracking_mlflow.MlflowTracker)
+        self.sink = sink  # has log_rows(rows): gets each row as it is logged (mlflow_run.MlflowTracker)
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         self._tb_dir = Path(run_dir) / "tensorboard" if enabled and logger == "tensorboard" else None

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from ..config import STAGES, RunConfig
+from ..errors import CheckpointError, RecordError, UserError
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import STAGES, RunConfig
-from .errors import CheckpointError, RecordError, UserError
 from .files import atomic_write_json, read_json
 from .locks import wait_for
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .errors import RunDirBusyError
+from ..errors import RunDirBusyError
 
 
 class FileLock:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import RecordError, UserError
+from ..errors import RecordError, UserError
 
 
 def _umask() -> int:

@@ -10,19 +10,13 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .bn_recal import batches_for, recalibrate_bn, restore_weight_scale
-from .bn_stats import batchnorms, recalibrate_batchnorms, slow_batchnorms
-from .config import STAGES, StageSchedule
-from .data.base import stream_seed
-from .distill import Distiller
-from .distributed import barrier, wrap_ddp
-from .export import export_model
-from .files import atomic_write_json
-from .latency import MAX_SPREAD, compare_latency
-from .latency_dtype import as_deployed, latency_inputs, resolve_latency_dtype
-from .models import build_model, get_model_spec
-from .progress import stage_progress
-from .pruning import (
+from ..config import STAGES, StageSchedule
+from ..data.base import stream_seed
+from ..export import export_model
+from ..latency.dtype import as_deployed, latency_inputs, resolve_latency_dtype
+from ..latency.meter import MAX_SPREAD, compare_latency
+from ..models import build_model, get_model_spec
+from ..pruning import (
     SMALL_NORM,
     MacCounter,
     ObdcCalibration,
@@ -36,10 +30,16 @@ from .pruning import (
     regularizer_from_config,
     resolve_round_to,
 )
+from ..report import build_results, chance_threshold, chance_warning, plot_importance, print_results
+from ..tracking.progress import stage_progress
+from ..train.bn_recal import batches_for, recalibrate_bn, restore_weight_scale
+from ..train.bn_stats import batchnorms, recalibrate_batchnorms, slow_batchnorms
+from ..train.distill import Distiller
+from ..train.loop import evaluate, make_optimizer, make_scheduler, train_epoch
+from .distributed import barrier, wrap_ddp
+from .files import atomic_write_json
 from .records import StageDir, teacher_record
-from .report import build_results, chance_threshold, chance_warning, plot_importance, print_results
 from .state import RunState
-from .train import evaluate, make_optimizer, make_scheduler, train_epoch
 
 EVAL_BATCH = 256  # images per evaluation batch
 

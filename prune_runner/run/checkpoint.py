@@ -19,10 +19,10 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from ..models import build_model
+from ..pruning import replay_pruning_history
 from .files import atomic_write_bytes
-from .models import build_model
-from .pruning import replay_pruning_history
 
 FORMAT = "prune-runner/1"
 
