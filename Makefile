@@ -9,12 +9,13 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 install: $(STAMP)
 
-# with the optional integrations (timm models, Optuna search, MLflow), so that `make test` (and CI) tests them
+# with the optional integrations (timm models, Optuna search, MLflow, ONNX export, TensorBoard, the SLURM
+# launcher), so that `make test` (and CI) tests them
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test,timm,search,mlflow]' $(TORCH)
+	$(PY) -m pip install -q -e '.[test,timm,search,mlflow,export,tensorboard,slurm]' $(TORCH)
 	touch $(STAMP)
 
 # the whole pipeline on scikit-learn's digits: pretrain, sparse-train, prune to 2x, fine-tune, eval

@@ -39,7 +39,9 @@ class MethodConfig:
     reg_update_every: Optional[int] = None  # growing_reg: optimizer steps between updates; 0 = once per epoch
     global_pruning: bool = False  # rank channels across layers instead of within each layer
     normalizer: Optional[str] = None  # per-group score normalization: mean | max | sum | ...; None = criterion's
-    calib_batches: int = 4  # taylor / obdc: batches of forward+backward before every pruning step
+    # taylor / obdc: batches of forward+backward whose gradients (taylor) or Fisher (obdc) score the channels
+    # before every pruning step
+    importance_batches: int = 4
 
 
 @dataclass
@@ -87,12 +89,16 @@ class PruneConfig:
     # keep channel counts multiples of this: an integer, auto (the device's multiple, round_to.py) or null
     round_to: Any = None  # Any: an int or "auto" (OmegaConf has no Union of the two); validate.py checks it
     # training batches (of schedule.finetune.batch_size) that re-estimate the BatchNorm statistics after
-    # the last pruning step, before the accuracy before fine-tuning is measured; 0 = off
-    bn_recalibration_batches: int = 50
+    # the last pruning step, before the accuracy before fine-tuning is measured; 0 = off (train/batchnorm.py)
+    bn_stats_batches: int = 50
     # before fine-tuning, filters that feed a BatchNorm: live ones to unit norm, dead ones exactly to zero
     # (output-preserving): sparse training shrinks the survivors, SGD's effective lr on such a filter is
-    # lr / |w|^2, and dead channels would come back as noise (see bn_recal.restore_weight_scale)
+    # lr / |w|^2, and dead channels would come back as noise (see pruning/weight_scale.py)
     restore_weight_scale: bool = True
+    # seconds the pre-flight check may take before pretraining (pruning/preflight.py): dependency graph,
+    # regularizer plan and one trial step on a copy; past it the model is refused. Under 1 s for the CIFAR
+    # models; 60 leaves a wide margin for large ones on a slow CPU. 0 = no check
+    preflight_s: float = 60.0
 
 
 @dataclass

@@ -82,14 +82,17 @@ EXPORTERS.add("torchscript", Exporter("torchscript", ".pt", _write_torchscript, 
 
 
 def _require(module: str, purpose: str) -> None:
+    """One line naming the missing package and the extra that brings it (and the others the format needs)."""
     try:
         __import__(module)
     except ImportError:
-        raise UserError(f"{purpose} needs the optional dependency: {ONNX_HINT}") from None
+        missing = f"{purpose} needs the optional dependency {module}, which is not installed"
+        raise UserError(f"{missing}: {ONNX_HINT}") from None
 
 
 # Packages a format needs beyond torch to be written; the torch.export-based ONNX exporter (the default
-# since torch 2.9) needs onnx and onnxscript. Checking an .onnx file also needs onnxruntime.
+# since torch 2.9) needs onnx and onnxscript. Checking an .onnx file also needs onnxruntime. The `export`
+# extra (ONNX_HINT, pyproject.toml) brings all three; tests/test_export.py checks that it does.
 _WRITE_NEEDS = {"onnx": ("onnx", "onnxscript")}
 
 

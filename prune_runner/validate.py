@@ -48,12 +48,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key in ("reg", "alpha", "delta_reg"):
         if getattr(m, key) is not None:  # None: the method's default for the schedule (method_defaults.py)
             _non_negative(f"method.{key}", getattr(m, key))
-    for key in ("reg_warmup", "reg_update_every", "calib_batches"):
+    for key in ("reg_warmup", "reg_update_every", "importance_batches"):
         _non_negative(f"method.{key}", getattr(m, key))
     calibration = METHODS.get(m.name).calibration
-    _check(calibration is None or m.calib_batches >= 1,
-           f"method.calib_batches={m.calib_batches} is invalid for method {m.name}: it scores channels from "
-           "calibration batches, so it needs at least 1")
+    _check(calibration is None or m.importance_batches >= 1,
+           f"method.importance_batches={m.importance_batches} is invalid for method {m.name}: it scores channels "
+           "from the gradients of these batches, so it needs at least 1")
     _check(0 <= cfg.seed < 2**32, f"seed={cfg.seed} is invalid; it must be in [0, 2^32) (the generators keep 32 bits)")
     for stage in ("pretrain", "sparse_train", "finetune"):
         s = getattr(cfg.schedule, stage)
@@ -76,7 +76,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(p.iterative_steps >= 1, f"prune.iterative_steps={p.iterative_steps} is invalid; it must be >= 1")
     _check(0 < p.max_pruning_ratio <= 1, f"prune.max_pruning_ratio={p.max_pruning_ratio} is invalid; "
                                          "it must be in (0, 1] (a layer always keeps one channel)")
-    _non_negative("prune.bn_recalibration_batches", p.bn_recalibration_batches)
+    _non_negative("prune.bn_stats_batches", p.bn_stats_batches)
+    _non_negative("prune.preflight_s", p.preflight_s)  # seconds; 0 = no pre-flight check
     _check_latency_options(cfg)
     for stage in cfg.stages:
         if stage not in STAGES:

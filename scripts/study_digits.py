@@ -4,7 +4,7 @@ distillation add?
 Grid (all with schedule=demo and each method's demo defaults from prune_runner/pruning/method_defaults.py):
   models resnet20, resnet56; methods l1, random, slim, group_norm, growing_reg; speed-ups 2x, 3x, 4x;
   seeds 0, 1, 2. Every run prunes once and records the accuracy right after pruning both with stale BN
-  statistics (recalibration off) and after BN recalibration (on, the default: prune.bn_recalibration_batches).
+  statistics (recalibration off) and after BN recalibration (on, the default: prune.bn_stats_batches).
   At 4x every run is also fine-tuned twice, without and with knowledge distillation from the unpruned model.
 
 Cheap by construction: every run is an in-process `run_pipeline` call under one out_root, so the stage cache
@@ -140,7 +140,7 @@ def write_report(rows: list, wall_s: float, args) -> str:
              "0.05 (ResNet-56 does not train at the demo's 0.1 at 8 px); each method's "
              "demo regularization from `prune_runner/pruning/method_defaults.py`. *Stale BN*: accuracy right "
              "after pruning with the BatchNorm "
-             "statistics left as they were; *recalibrated*: after `prune.bn_recalibration_batches` (50) "
+             "statistics left as they were; *recalibrated*: after `prune.bn_stats_batches` (50) "
              "training batches re-estimated them (the default). *near zero*: fraction of channels whose "
              "regularized quantity (the group L2 norm; the BatchNorm scale |gamma| for slim) is below 1e-2 "
              "after sparse training (methods with a regularizer).", ""]

@@ -18,7 +18,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 # a short digits schedule at the digits' own 8x8 pixels (1/16 of the convolution work at 32 px): seconds per
 # stage on a CPU, accuracy well above chance; 8 batches re-estimate BatchNorm after pruning
-FAST = ["schedule=tiny", "model.input_size=8", "prune.bn_recalibration_batches=8", "device=cpu", "progress=false",
+FAST = ["schedule=tiny", "model.input_size=8", "prune.bn_stats_batches=8", "device=cpu", "progress=false",
         "eval.latency_repeats=3", "eval.latency_batch=8",
         "prune.iterative_steps=25"]  # 4% of each layer per step: few steps to a small target
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import FAST, error_lines, run_cli
+
+from prune_runner.run.checkpoint import load_checkpoint
 
 
 def _snapshot(folder: Path) -> dict:
@@ -124,13 +128,26 @@ def test_changed_config_is_refused_with_the_differing_keys(finished_run):
 
 
 def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(finished_run, tmp_path):
+    """Fine-tuning trains one good epoch, then its lr jumps 1e12-fold: the stage stops, and its epoch-0
+    checkpoint (finite weights, its checksum on record) and the finished prune stage are what remain."""
     root, run_dir = finished_run
     new = tmp_path / "diverges"
     proc = run_cli(["model=resnet20", "method=l1", "prune.speed_up=1.2", f"run_dir={new}",
-                    f"resume_from={run_dir / 'prune'}", "schedule.finetune.epochs=2", "schedule.finetune.lr=1e12",
-                    f"out_root={tmp_path / 'outputs'}", *FAST], cwd=tmp_path)
+                    f"resume_from={run_dir / 'prune'}", "schedule.finetune.epochs=2",
+                    "schedule.finetune.lr_schedule=step", "schedule.finetune.milestones=[0.5]",
+                    "schedule.finetune.lr_gamma=1e12", f"out_root={tmp_path / 'outputs'}", *FAST], cwd=tmp_path)
     assert proc.returncode == 2
     lines = error_lines(proc.stderr)
-    assert len(lines) == 1 and "loss became nan" in lines[0].lower(), proc.stderr
-    assert not (new / "finetune" / "done.json").exists()
-    assert (new / "prune" / "done.json").exists()  # the last good stage output is intact
+    assert len(lines) == 1 and re.search(r"loss became (nan|inf)", lines[0].lower()), proc.stderr
+    finetune = new / "finetune"
+    assert not (finetune / "done.json").exists()
+    assert sorted(p.name for p in finetune.glob("epoch_*")) == ["epoch_0000.json", "epoch_0000.pt"]
+    meta = json.loads((finetune / "epoch_0000.json").read_text())
+    last_good = load_checkpoint(finetune / "epoch_0000.pt", expected_sha=meta["sha256"])
+    assert last_good["epoch"] == 0 and last_good["stage_hash"] == meta["hash"]
+    assert all(torch.isfinite(t).all() for t in last_good["state_dict"].values() if t.is_floating_point())
+    # the prune stage it started from: this run's copy, intact, is the finished run's checkpoint
+    prune = json.loads((new / "prune" / "done.json").read_text())
+    source = json.loads((run_dir / "prune" / "done.json").read_text())
+    kept = hashlib.sha256((new / "prune" / "checkpoint.pt").read_bytes()).hexdigest()
+    assert prune["sha256"] == source["sha256"] == kept

@@ -26,8 +26,13 @@ def test_two_process_gloo_pipeline(tmp_path):
     assert fingerprints["0"] == fingerprints["1"]  # the pruned model is the same on both ranks
     r = results_of(run_dir)
     assert r["provenance"]["world_size"] == 2 and r["speed_up"] >= 1.3
-    assert r["target"]["kind"] == "latency" and r["target"]["batch"] == 64 and r["target"]["reached"] >= 1.3
-    assert proc.stdout.count("(confirmation)") >= 1  # the target was confirmed by a fresh measurement
+    assert r["target"]["kind"] == "latency" and r["target"]["batch"] == 64
+    # the stop was decided on clean readings that reach the target (or, on a machine too busy to confirm, on
+    # their prediction, which has no confirmed figure)
+    decided = r["target"]["decided"]
+    assert decided == "fallback to prediction" and r["target"]["reached"] is None or (
+        decided == "confirmed clean" and r["target"]["reached"] >= 1.3)
+    assert f"{decided}" in proc.stdout
     assert proc.stdout.count("prune: measured latency speed-up") == 1  # only rank 0 measures
     assert proc.stdout.count("top-1 acc") == 1  # only rank 0 reports
     assert proc.stdout.count("finetune: distilling from") == 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from prune_runner.errors import UnknownChoiceError, UserError
-from prune_runner.export import ExportMismatchError, check_export, export_model, validate_formats
+from prune_runner.export import ONNX_HINT, ExportMismatchError, check_export, export_model, validate_formats
 from prune_runner.models import build_model
 
 
@@ -67,20 +67,37 @@ def test_unknown_format_is_rejected_before_writing(model: nn.Module, tmp_path: P
         validate_formats(["tflite"])
 
 
-def test_onnx_without_the_package_names_the_extra(model: nn.Module, tmp_path: Path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` raise ImportError
-    message = r"export=onnx needs the optional dependency: pip install 'prune-runner\[export\]'"
+@pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
+def test_onnx_without_a_package_names_it_and_the_extra(model: nn.Module, tmp_path: Path, monkeypatch, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # makes `import <missing>` raise ImportError
+    message = (rf"^export=onnx needs the optional dependency {missing}, which is not installed: "
+               r"pip install 'prune-runner\[export\]'$")
     with pytest.raises(UserError, match=message):
         export_model(model, torch.randn(1, 3, 32, 32), ["onnx"], tmp_path)
-    with pytest.raises(UserError, match="export=onnx"):
+    with pytest.raises(UserError, match=message):
         validate_formats(["onnx"])
     assert not list(tmp_path.iterdir())
 
 
-# The optional packages are an environment choice, not the code under test: without them the round trip is
-# not run, and test_onnx_without_the_package_names_the_extra covers the error the user sees instead.
-@pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),
-                    reason="needs the optional dependencies prune-runner[export] (onnx, onnxscript, onnxruntime)")
+def test_checking_onnx_without_onnxruntime_names_it(tmp_path: Path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UserError, match=r"^checking an onnx export needs the optional dependency onnxruntime, "
+                                        r"which is not installed: pip install 'prune-runner\[export\]'$"):
+        check_export(tmp_path / "model.onnx", tiny_cifar_net(), torch.randn(1, 3, 32, 32))
+
+
+def test_the_extra_the_message_names_brings_every_package_onnx_needs():
+    """The hint must be true: the `export` extra installs what writing (onnx, onnxscript) and checking
+    (onnxruntime) an .onnx file import."""
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    extra = re.search(r"^export = \[(.*?)\]", pyproject, re.MULTILINE)  # tomllib: Python 3.11+ only
+    assert extra is not None, "pyproject.toml has no export extra"
+    names = set(re.findall(r'"([A-Za-z0-9_.-]+)', extra.group(1)))  # each requirement's name
+    assert names >= {"onnx", "onnxscript", "onnxruntime"}, extra.group(0)
+    assert "prune-runner[export]" in ONNX_HINT
+
+
+# The export extra is installed by `make install` (and so in CI): the round trip always runs.
 def test_onnx_round_trip_with_dynamic_batch(model: nn.Module, tmp_path: Path):
     # batch 1 as the pipeline exports it; the batch axis must stay dynamic anyway
     path = export_model(model, torch.randn(1, 3, 32, 32), ["onnx"], tmp_path)["onnx"]

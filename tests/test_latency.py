@@ -3,12 +3,14 @@ clock) what a load that changes during the measurement does to each."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
 
 from prune_runner.latency import meter as latency
-from prune_runner.latency.meter import MAX_SPREAD, compare_latency, measure_latency
+from prune_runner.latency.meter import MAX_INNER, MAX_SPREAD, SAMPLE_MS, LatencyMeter, compare_latency, measure_latency
 
 
 def test_measure_latency_reports_positive_medians_per_batch_size():
@@ -53,7 +55,7 @@ def _loaded_clock(monkeypatch, slow_calls: int):
         return 3.0 if calls["n"] <= slow_calls else 1.0
 
     monkeypatch.setattr(latency, "_sample_ms", sample)
-    monkeypatch.setattr(latency, "_inner_count", lambda model, x, warmup: 1)
+    monkeypatch.setattr(latency, "_inner_count", lambda model, x, warmup, sample_ms=None: 1)
 
 
 def test_a_load_that_ends_midway_is_no_speed_up_when_interleaved(monkeypatch):
@@ -72,7 +74,7 @@ def test_a_load_that_flickers_is_flagged_noisy(monkeypatch):
     base, final = _pair()
     times = iter([1.0, 1.0, 3.0, 1.0, 1.0, 3.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0] * 10)
     monkeypatch.setattr(latency, "_sample_ms", lambda model, x, inner: next(times))
-    monkeypatch.setattr(latency, "_inner_count", lambda model, x, warmup: 1)
+    monkeypatch.setattr(latency, "_inner_count", lambda model, x, warmup, sample_ms=None: 1)
     row = compare_latency(base, final, (3, 8, 8), "cpu", (1,), repeats=12)[1]
     assert row["noisy"] and row["spread"] > MAX_SPREAD
 
@@ -112,3 +114,38 @@ def test_report_marks_a_noisy_latency():
     assert any("1.60x (bs 64, cpu) NOISY (1 run(s))" in cell for cell in format_row(aggregate([run])[0]))
     run["latency"]["noisy"]["64"] = False
     assert not any("NOISY" in cell for cell in format_row(aggregate([run])[0]))
+
+
+def test_a_sample_lasts_sample_ms_and_a_forward_that_long_ends_the_warm_up_early(monkeypatch):
+    """With a fake clock: 0.5 ms forwards give SAMPLE_MS / 0.5 forwards a sample after every warm-up forward;
+    tiny ones MAX_INNER; a forward longer than a sample is a sample by itself, warmed up by two."""
+    for ms, inner, warmups in ((0.5, math.ceil(SAMPLE_MS / 0.5), 5), (1e-4, MAX_INNER, 5), (3 * SAMPLE_MS, 1, 2)):
+        calls = []
+        monkeypatch.setattr(latency, "_sample_ms", lambda model, x, n: calls.append(n) or ms)
+        assert latency._inner_count(None, None, warmup=5) == inner
+        assert calls == [1] * warmups
+
+
+def test_the_prune_stage_and_eval_read_latency_with_one_meter(monkeypatch):
+    """One fake clock whose load comes and goes, through eval's compare_latency and the prune stage's
+    LatencyMeter: the same samples (forwards per sample, pairs, order), so the same ratio and IQR."""
+    base, final = _pair()
+
+    def run(read):
+        calls = []
+        load = iter([1.0, 1.3, 1.0, 1.0, 2.0, 1.0, 1.1] * 40)
+
+        def sample(model, x, inner):
+            calls.append((model[0].out_channels, inner))
+            return (3.0 if model[0].out_channels == 8 else 2.0) * next(load)
+
+        monkeypatch.setattr(latency, "_sample_ms", sample)
+        return read(), calls
+
+    row, eval_calls = run(lambda: compare_latency(base, final, (3, 8, 8), "cpu", (1,))[1])
+    meter = LatencyMeter(base, (3, 8, 8), "cpu", "fp32", 1)
+    reading, prune_calls = run(lambda: meter(final))
+    assert prune_calls == eval_calls and eval_calls[-1][1] == math.ceil(SAMPLE_MS / 3.0)  # the slower model
+    assert (reading.ratio, reading.q1, reading.q3, reading.noisy) == \
+        (row["ratio"], row["ratio_q1"], row["ratio_q3"], row["noisy"])
+    assert row["ratio_q1"] < row["ratio_q3"] and row["repeats"] == latency.REPEATS  # the load spread the ratios

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
@@ -27,8 +26,7 @@ def test_disabled_on_other_ranks(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed")
-def test_tensorboard_scalars(tmp_path):
+def test_tensorboard_scalars(tmp_path):  # the tensorboard extra: installed by `make install`, so always run
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     log = MetricsLog(tmp_path, logger="tensorboard")

@@ -6,6 +6,7 @@ and the same sweep again continues them."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -18,6 +19,7 @@ from inprocess import run_inprocess, tiny_config
 
 from prune_runner.cli import preflight
 from prune_runner.errors import UserError
+from prune_runner.tracking.metrics_log import MetricsLog
 from prune_runner.validate import validate
 
 HAS_MLFLOW = all(importlib.util.find_spec(m) is not None for m in ("mlflow", "sqlalchemy", "alembic"))
@@ -25,7 +27,7 @@ needs_mlflow = pytest.mark.skipif(not HAS_MLFLOW, reason="the mlflow extra is no
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")  # MLflow's own
 QUICK = {"logger": "mlflow", "model": "resnet20", "method": "group_norm", "model.input_size": 8,
          "dataset.train_limit": 128, "schedule.pretrain.epochs": 1, "prune.speed_up": 1.3,
-         "prune.bn_recalibration_batches": 8}
+         "prune.bn_stats_batches": 8}
 EPOCHS = {"pretrain": 1, "sparse_train": 1, "finetune": 1}  # schedule=tiny, pretraining shortened above
 
 
@@ -109,7 +111,67 @@ def test_a_server_that_is_down_is_one_warning_and_the_run_goes_on(tmp_path, monk
     records, text = run_inprocess(tmp_path / "run", **{**QUICK, "stages": "[pretrain]", "dataset.train_limit": 64})
     warnings = [line for line in text.splitlines() if "MLflow" in line]
     assert len(warnings) == 1 and "http://127.0.0.1:9" in warnings[0] and "the run goes on" in warnings[0], text
-    assert records["pretrain"]["metrics"]["acc"] >= 0
+    # the run went on: its epoch was logged to metrics.jsonl, its accuracy is that epoch's, and no MLflow run is
+    # recorded for the run dir
+    (row,) = MetricsLog(tmp_path / "run").rows("pretrain")
+    assert records["pretrain"]["metrics"]["acc"] == pytest.approx(row["val_acc"])
+    assert not (tmp_path / "run" / "mlflow.json").exists()
+
+
+def _tracker(cfg, run_dir: Path, warnings: list):
+    from prune_runner.tracking.mlflow_run import MlflowTracker
+
+    return MlflowTracker(cfg, run_dir, "", warnings.append)
+
+
+def _name_another_run(run_dir: Path, run_id: str) -> None:
+    record = json.loads((run_dir / "mlflow.json").read_text())
+    (run_dir / "mlflow.json").write_text(json.dumps({**record, "run_id": run_id}))
+
+
+@needs_mlflow
+def test_a_run_the_store_does_not_have_is_one_warning_and_a_new_run(store_root, tmp_path, no_mlflow_env):
+    cfg = tiny_config(tmp_path, "resnet20", "l1")
+    cfg.out_root, cfg.mlflow.experiment = str(store_root / "outputs"), "gone-runs"  # the shared store, own experiment
+    warnings: list = []
+    first = _tracker(cfg, tmp_path / "run", warnings)
+    assert first.run_id is not None and warnings == []
+    assert _tracker(cfg, tmp_path / "run", warnings).run_id == first.run_id  # continued, quietly
+    gone = "0" * 32
+    _name_another_run(tmp_path / "run", gone)
+    again = _tracker(cfg, tmp_path / "run", warnings)
+    assert again.run_id not in (None, first.run_id, gone)
+    assert len(warnings) == 1 and f"MLflow run {gone} (named in mlflow.json) is not in the store" in warnings[0]
+    assert "logging to a new MLflow run" in warnings[0]
+    again.client.delete_run(again.run_id)
+    third = _tracker(cfg, tmp_path / "run", warnings)
+    assert third.run_id not in (None, again.run_id) and "was deleted" in warnings[-1]
+
+
+@needs_mlflow
+def test_a_store_that_fails_to_read_the_run_starts_no_second_run(tmp_path, monkeypatch, no_mlflow_env):
+    """Only a run the store does not have starts a new one: another error (a server's 500, a locked database)
+    turns logging off with one warning instead of splitting the run's history over two MLflow runs."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    cfg = tiny_config(tmp_path, "resnet20", "l1")
+    cfg.out_root = str(tmp_path / "outputs")
+    warnings: list = []
+    first = _tracker(cfg, tmp_path / "run", warnings)
+    created = []
+    real_create = MlflowClient.create_run
+    monkeypatch.setattr(MlflowClient, "create_run",
+                        lambda self, *args, **kw: created.append(args) or real_create(self, *args, **kw))
+
+    def failing_get_run(self, run_id):
+        raise MlflowException("database is locked", error_code="INTERNAL_ERROR")
+
+    monkeypatch.setattr(MlflowClient, "get_run", failing_get_run)
+    again = _tracker(cfg, tmp_path / "run", warnings)
+    assert created == [] and again.run_id is None
+    assert len(warnings) == 1 and "start failed" in warnings[0] and "database is locked" in warnings[0], warnings
+    assert json.loads((tmp_path / "run" / "mlflow.json").read_text())["run_id"] == first.run_id  # kept for next time
 
 
 # a sweep over two regularization strengths: one pretraining, which the second job reuses from the stage cache

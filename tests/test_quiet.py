@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, run_cli
 from inprocess import tiny_config
 from rich.console import Console
 
 from prune_runner.report.results import chance_warning
 from prune_runner.run.pipeline import run_pipeline
+from prune_runner.tracking.metrics_log import MetricsLog
 
 
 def test_prune_prints_a_line_per_step_and_a_chance_run_warns(tmp_path):
@@ -31,6 +34,26 @@ def test_prune_prints_a_line_per_step_and_a_chance_run_warns(tmp_path):
         assert f"prune step {step}/10: MACs speed-up " in text
     assert text.count("x, target 1.5x") == steps
     assert "warning: final accuracy" in text and "is at chance level (10.0% for 10 classes)" in text
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_epoch_lines_print_with_or_without_the_progress_bars(tmp_path, progress):
+    """progress=false (a SLURM log, a piped run) turns off the bars, not the per-epoch lines; with the bars,
+    each line prints once."""
+    cfg = tiny_config(tmp_path, "resnet20", "l1")
+    cfg.model.input_size, cfg.stages = 8, ["pretrain"]
+    cfg.schedule.pretrain.epochs, cfg.eval.latency, cfg.progress = 2, False, progress
+    out = io.StringIO()
+    run_pipeline(cfg, tmp_path / "run", console=Console(file=out, width=200))
+    lines = re.findall(r"^pretrain epoch (\d)/2: loss (\S+) val acc (\S+) lr (\S+)$", out.getvalue(), re.MULTILINE)
+    assert [epoch for epoch, *_ in lines] == ["1", "2"], out.getvalue()
+    rows = MetricsLog(tmp_path / "run").rows()
+    for (_, loss, acc, lr), row in zip(lines, rows):  # the values logged, as printed
+        assert float(loss) == pytest.approx(row["loss"], abs=1e-4)  # printed to 4 decimals
+        assert float(acc) == pytest.approx(row["val_acc"], abs=1e-4)
+        assert float(lr) == pytest.approx(row["lr"], rel=1e-3)
+    if not progress:
+        assert "pretrain epochs" not in out.getvalue()  # no bar
 
 
 def test_chance_warning_threshold():

@@ -334,7 +334,15 @@ def test_stats_importance_and_user_errors():
     imp = reg.importance()
     assert imp.shape == (reg.n_channels,) and torch.all(imp > 0)
     stats = reg.stats()
-    assert 0.0 <= stats["frac_below_1e-2"] <= 1.0 and stats["group_norm_mean"] > 0
+    assert stats["group_norm_mean"] == pytest.approx(float(imp.mean())) and stats["channels"] == reg.n_channels
+    # slim's near-zero fraction counts BN scales: three of them below 1e-2, among all the BN scales it drives
+    total = sum(w.numel() for w in reg.bn_weights)
+    with torch.no_grad():
+        for w in reg.bn_weights:
+            w.fill_(1.0)
+        assert reg.stats()["frac_below_1e-2"] == 0.0
+        reg.bn_weights[0][:3] = -1e-3  # a magnitude: the sign does not matter
+    assert reg.stats()["frac_below_1e-2"] == pytest.approx(3 / total)
     with pytest.raises(UserError, match="alpha"):
         build_regularizer("slim", model, pruner, alpha=3)
     with pytest.raises(UserError, match="group_norm"):

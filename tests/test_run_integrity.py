@@ -5,28 +5,34 @@ no code from data files, and one-line errors. In-process runs at 8x8 px: seconds
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
 import shutil
 import stat
-import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
-from prune_runner.config import RunConfig
+from prune_runner.config import STAGES, RunConfig
 from prune_runner.data import build_data
 from prune_runner.data import cifar as cifar_module
 from prune_runner.data.base import folder_fingerprint
 from prune_runner.errors import CheckpointError, RunDirBusyError, UserError
+from prune_runner.export import EXPORTERS
 from prune_runner.models import build_model
+from prune_runner.run import rundir as rundir_module
 from prune_runner.run.checkpoint import model_payload, save_checkpoint
-from prune_runner.run.locks import lock_run_dir, wait_for
-from prune_runner.run.pipeline import run_pipeline
-from prune_runner.run.records import StageInputs, chain, config_hash, own_config
+from prune_runner.run.distributed import DistInfo
+from prune_runner.run.locks import lock_run_dir
+from prune_runner.run.pipeline import build_state, run_pipeline, stage_inputs
+from prune_runner.run.records import RECORD_FORMAT, StageDir, StageInputs, chain, config_hash, own_config
+from prune_runner.run.rundir import Action, RunDir
 from prune_runner.tracking.metrics_log import MetricsLog
 from prune_runner.validate import validate
 
@@ -198,6 +204,9 @@ def test_a_run_served_wholly_from_the_cache_writes_its_own_results(workspace, ca
     run(cfg, b, capsys)
     assert results(b)["final"] == results(workspace / "a")["final"]
     assert MetricsLog(b).rows() == rows
+    (b / "results.json").write_text("{torn")  # garbled: written again too
+    run(cfg, b, capsys)
+    assert results(b) == dict(results(workspace / "a"), run_dir=str(b))
 
 
 # -- 4. a failed overwrite keeps the finished work ------------------------------------------------------
@@ -244,22 +253,54 @@ def test_a_second_process_on_a_run_dir_is_refused_naming_the_holder(tmp_path):
     assert not (tmp_path / "a" / "pretrain").exists()
 
 
-def test_a_cache_entry_being_computed_makes_the_next_run_wait(tmp_path):
-    held, said = threading.Event(), []
+def test_two_runs_of_one_config_compute_a_stage_once(tmp_path):
+    """The second of two processes computing one cache entry waits for the first, says so, then reuses its
+    result. The first is paused (SIGSTOP) while it holds the entry, so the second surely finds it held."""
+    import signal
+    import subprocess
+    import sys
 
-    def holder():
-        with wait_for(tmp_path / ".pretrain-x.lock", said.append):
-            held.set()
-            time.sleep(0.5)
+    def start(name: str) -> subprocess.Popen:
+        args = ["model=resnet20", "model.input_size=8", "device=cpu", "progress=false", "eval.latency=false",
+                "schedule=tiny", "schedule.pretrain.epochs=30", "dataset.train_limit=64", "stages=[pretrain]",
+                f"run_dir={tmp_path / name}", f"out_root={tmp_path / 'out'}"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        return subprocess.Popen([sys.executable, "-m", "prune_runner.cli", *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    thread = threading.Thread(target=holder)
-    thread.start()
-    held.wait()
-    started = time.monotonic()
-    with wait_for(tmp_path / ".pretrain-x.lock", said.append):
-        waited = time.monotonic() - started
-    thread.join()
-    assert said == [str(os.getpid())] and waited > 0.2
+    first = start("a")
+    second = None
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "a" / "pretrain" / "epoch_0000.json").exists():  # computing, the entry held
+            assert first.poll() is None and time.time() < deadline, first.communicate()
+            time.sleep(0.05)
+        first.send_signal(signal.SIGSTOP)
+        try:
+            assert not (tmp_path / "a" / "pretrain" / "done.json").exists(), "paused too late: raise the epochs"
+            second = start("b")
+            said = []
+            for line in second.stdout:  # up to its line about waiting (or its end, failing below)
+                said.append(line)
+                if "waiting for it" in line:
+                    break
+        finally:
+            first.send_signal(signal.SIGCONT)
+        assert said[-1].strip() == f"pretrain: process {first.pid} is computing the same stage; waiting for it", said
+        out_b = "".join(said) + second.communicate(timeout=300)[0]
+        out_a = first.communicate(timeout=300)[0]
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert first.returncode == 0 and second.returncode == 0, out_a[-2000:] + out_b[-2000:]
+    a, b = (json.loads((tmp_path / name / "pretrain" / "done.json").read_text()) for name in ("a", "b"))
+    entry = next((tmp_path / "out" / ".stage_cache").glob("pretrain-*"))
+    assert "\npretrain\n" in out_a and "\npretrain\n" not in out_b  # only the first computed it
+    assert f"pretrain: reused from {(tmp_path / 'a' / 'pretrain').resolve()}" in out_b
+    assert b["sha256"] == a["sha256"] and b["reused_from"] == a["source"]
+    assert os.path.samefile(tmp_path / "b" / "pretrain" / "checkpoint.pt", entry / "checkpoint.pt")
 
 
 # -- 7. advice that is true: damaged records and checkpoints are redone ----------------------------------
@@ -307,7 +348,7 @@ def _bad(**changes) -> RunConfig:
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(method__name="taylor", method__calib_batches=0), "calib_batches=0 is invalid for method taylor"),
+    (dict(method__name="taylor", method__importance_batches=0), "importance_batches=0 is invalid for method taylor"),
     (dict(seed=99999999999999999999), r"seed=99999999999999999999 is invalid"),
     (dict(schedule__finetune__milestones=[-1, 7]), r"milestones=\[-1, 7\] is invalid"),
 ])
@@ -418,3 +459,76 @@ def test_a_resumed_stage_drops_the_rows_it_will_log_again(tmp_path):
         log.log(stage, epoch, loss=1.0)
     log.drop_from("finetune", 1)  # resumed after epoch 0's checkpoint: epochs 1 and 2 run again
     assert [(r["stage"], r["epoch"]) for r in log.rows()] == [("pretrain", 0), ("finetune", 0)]
+
+
+# -- 10. one owner of the run dir ---------------------------------------------------------------------------
+
+def _snapshot(folder: Path) -> dict:
+    """Every file's content; `.lock` only names the last process that held the run dir."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def test_a_stage_writes_into_its_own_folder_and_the_top_links_its_files(finished):
+    a = finished / "a"
+    assert os.path.samefile(a / "sparsity.png", a / "prune" / "sparsity.png")
+    entry = next((finished / "out" / ".stage_cache").glob("prune-*"))
+    assert os.path.samefile(entry / "sparsity.png", a / "prune" / "sparsity.png")  # the cache links the same file
+    kept = json.loads((a / "eval" / "results.json").read_text())
+    assert kept["final"] == results(a)["final"] and results(a)["run_dir"] == str(a)
+
+
+def test_an_eval_stage_reused_from_the_cache_brings_its_exported_model(workspace, capsys):
+    cfg = small_config(workspace / "out")
+    cfg.export = ["torchscript"]
+    run(cfg, workspace / "c")
+    _, out = run(cfg, workspace / "d", capsys)
+    assert "eval: reused from" in out
+    for name in ("c", "d"):
+        folder = workspace / name
+        assert results(folder)["export"] == {"torchscript": str(folder / "export" / "model.pt")}
+        assert os.path.samefile(folder / "export" / "model.pt", folder / "eval" / "export" / "model.pt")
+    exported = workspace / "d" / "export" / "model.pt"
+    assert exported.read_bytes() == (workspace / "c" / "export" / "model.pt").read_bytes()
+    assert EXPORTERS.get("torchscript").run(exported, torch.zeros(1, 3, 8, 8)).shape == (1, 10)  # it loads and runs
+
+
+def test_a_record_of_an_older_format_is_refused_and_overwrite_redoes_it(workspace, capsys):
+    a = workspace / "a"
+    done = a / "prune" / "done.json"
+    done.write_text(json.dumps(dict(json.loads(done.read_text()), format=RECORD_FORMAT - 1)))
+    before = _snapshot(a)
+    with pytest.raises(UserError, match="prune in .* was finished by an older prune-runner; add resume=overwrite"):
+        run(small_config(workspace / "out"), a)
+    assert _snapshot(a) == before
+    capsys.readouterr()
+    cfg = small_config(workspace / "out")
+    cfg.resume = "overwrite"
+    records, out = run(cfg, a, capsys)
+    assert "prune: the finished stage cannot be used: it was written by an older prune-runner" in out
+    assert records["prune"]["format"] == json.loads(done.read_text())["format"] == RECORD_FORMAT
+    assert out.count("finished earlier, skipped") == 4  # the other stages are kept
+
+
+def test_rank_0_decides_and_the_other_ranks_only_hear_its_answer(workspace, monkeypatch):
+    """Under DDP each decision is one broadcast of rank 0's answer; rank 1 reads no record itself."""
+    cfg = validate(small_config(workspace / "out"))
+    answers: list = []
+
+    def as_rank(rank: int) -> tuple:
+        state = build_state(cfg, workspace / "a", Console(file=io.StringIO()), "", DistInfo(rank, world_size=2))
+        inputs = replace(stage_inputs(state), world_size=1)  # the finished run's stages, as if made by two ranks
+        with RunDir(state, inputs) as rundir:
+            rundir.check()
+            return state, [rundir.resolve(stage).action for stage in STAGES]
+
+    monkeypatch.setattr(rundir_module, "broadcast_object", lambda dist, obj: answers.append(obj) or obj)
+    main, actions = as_rank(0)
+    assert actions == [Action.DONE] * len(STAGES) and len(answers) == 1 + len(STAGES)  # the check, each stage
+    heard = iter(answers)
+    monkeypatch.setattr(rundir_module, "broadcast_object", lambda dist, obj: next(heard))
+    monkeypatch.setattr(StageDir, "record", lambda self: pytest.fail("rank 1 read a record"))
+    other, actions = as_rank(1)
+    assert actions == [Action.DONE] * len(STAGES) and other.records == main.records
+    assert other.pending == (Path(main.records["eval"]["checkpoint"]), main.records["eval"]["sha256"])
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from inprocess import tiny_config
@@ -11,7 +13,8 @@ from prune_runner.models import MODELS, build_model, register_model
 from prune_runner.pruning import build_pruner, progressive_prune
 from prune_runner.pruning.macs import MacCounter
 from prune_runner.pruning.methods import get_method
-from prune_runner.run.checkpoint import load_checkpoint, model_payload, rebuild_model
+from prune_runner.run import stages
+from prune_runner.run.checkpoint import load_checkpoint, model_payload, rebuild_model, save_checkpoint
 from prune_runner.run.pipeline import run_pipeline
 
 TINY_VIT = "vit_tiny_test"  # registered here only: a 2-layer ViT that trains in seconds on a CPU
@@ -35,26 +38,38 @@ def test_one_step_keeps_heads_aligned_on_vit_b_16():
 
 
 @pytest.mark.parametrize("method", ["group_norm", "l1"])
-def test_vit_runs_the_whole_pipeline_and_rebuilds(tmp_path, method):
+def test_vit_runs_the_whole_pipeline_and_rebuilds(tmp_path, monkeypatch, method):
+    """The fine-tuned model, as it was before it was saved, and the one rebuilt from its checkpoint compute the
+    same outputs."""
+    saved = {}
+    real_finetune = stages.STAGE_FNS["finetune"]
+
+    def finetune(state, run):
+        out = real_finetune(state, run)
+        saved["model"] = copy.deepcopy(state.model)  # the model whose state_dict the checkpoint holds
+        return out
+
+    monkeypatch.setitem(stages.STAGE_FNS, "finetune", finetune)
     cfg = tiny_config(tmp_path, TINY_VIT, method)
     records = run_pipeline(cfg, tmp_path / "run")
     assert records["prune"]["metrics"]["speed_up"] >= 1.5
-    ckpt = load_checkpoint(records["finetune"]["checkpoint"])
-    model, history = rebuild_model(ckpt)
+    model, history = rebuild_model(load_checkpoint(records["finetune"]["checkpoint"]))
     assert history and model.hidden_dim == model.conv_proj.out_channels < 32
+    assert model.hidden_dim == saved["model"].hidden_dim and model.hidden_dim % model.encoder.layers[0].num_heads == 0
     x = torch.randn(2, 3, 32, 32)
-    again, _ = rebuild_model(load_checkpoint(records["finetune"]["checkpoint"]))
     with torch.no_grad():
-        assert torch.equal(model.eval()(x), again.eval()(x))
+        assert torch.equal(model.eval()(x), saved["model"].eval()(x))
 
 
-def test_pruned_vit_checkpoint_rebuilds_to_identical_outputs():
+def test_pruned_vit_checkpoint_rebuilds_to_identical_outputs(tmp_path):
     torch.manual_seed(0)
     model = build_model(TINY_VIT, 10)
     x = torch.randn(2, 3, 32, 32)
     pruner = build_pruner(model, x[:1], get_method("l2"), 10, steps=10)
     progressive_prune(model, pruner, MacCounter(model, x[:1]), 1.5)
-    payload = model_payload(model, TINY_VIT, 10, 32, pruner.pruning_history())
-    rebuilt, _ = rebuild_model(payload)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, model_payload(model, TINY_VIT, 10, 32, pruner.pruning_history()))
+    rebuilt, _ = rebuild_model(load_checkpoint(path), path)  # from the file, against the model before it was saved
+    assert rebuilt.hidden_dim == model.hidden_dim < 32
     with torch.no_grad():
         assert torch.equal(model.eval()(x), rebuilt.eval()(x))

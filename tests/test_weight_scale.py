@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from prune_runner.train.bn_recal import conv_bn_pairs, recalibrate_bn, restore_weight_scale
+from prune_runner.pruning.weight_scale import conv_bn_pairs, restore_weight_scale
+from prune_runner.train.batchnorm import reestimate_batchnorms
 from prune_runner.train.loop import Fast
 
 
@@ -19,7 +20,7 @@ def _net():
         net[0].weight.mul_(0.03)  # what strong sparse training leaves: small surviving filters
         net[0].weight[5].mul_(1e-9)  # and a near-zero one
     batches = [(torch.randn(16, 3, 8, 8), None) for _ in range(8)]
-    recalibrate_bn(net, batches, torch.device("cpu"), Fast(False, False))  # stats that match the weights
+    reestimate_batchnorms(net, batches, torch.device("cpu"), Fast(False, False))  # stats that match the weights
     return net.eval()
 
 

@@ -47,7 +47,6 @@ def device_name(device: torch.device) -> str:
     return f"{cpu_name()}, {torch.get_num_threads()} thread(s)"
 
 
-def latency_inputs(state) -> dict:
-    """The StageInputs fields a latency depends on: the device's name and the resolved dtype."""
-    return {"device": device_name(state.device),
-            "latency_dtype": resolve_latency_dtype(state.cfg.eval.latency_dtype, state.device)}
+def latency_env(device: torch.device, latency_dtype: Optional[str]) -> dict:
+    """The StageInputs fields a latency depends on: the device's name and eval.latency_dtype resolved for it."""
+    return {"device": device_name(device), "latency_dtype": resolve_latency_dtype(latency_dtype, device)}

@@ -1,13 +1,15 @@
-"""Inference latency: one model alone, or two models compared by interleaved repetitions.
+"""Inference latency: the one meter of this project, used by the eval stage (eval.latency*) and by the prune
+stage (prune.target=latency).
 
-`compare_latency(base, final, ...)` is what the eval stage reports. Base and final forwards
-alternate within one measurement (base-final, then final-base, ...), so load on the machine that
-comes and goes hits both models alike; each repetition gives one ratio base ms / final ms, and the
-result is the median ratio with its interquartile range. A measurement whose IQR is wider than
-`MAX_SPREAD` of the median is flagged `noisy`: the ratio is not to be trusted.
+`compare_latency(base, final, ...)` times two models by interleaved repetitions: base and final samples
+alternate within one measurement (base-final, then final-base, ...), so load on the machine that comes and
+goes hits both models alike; each pair gives one ratio base ms / final ms, and the result is the median ratio
+with its interquartile range. A measurement whose IQR is wider than `MAX_SPREAD` of the median is flagged
+`noisy`: the ratio is not to be trusted. `LatencyMeter` binds it to one base model, batch and dtype for the
+prune stage's repeated readings; both take their samples the same way, so their figures agree.
 
-CPU: time.perf_counter around a sample of `inner` forwards (enough to last >= MIN_SAMPLE_MS).
-CUDA: CUDA events around each sample, with synchronisation.
+A sample is `inner` back-to-back forwards, as many as last SAMPLE_MS (chosen from warm-up forwards).
+CPU: time.perf_counter around a sample. CUDA: CUDA events around it, with synchronisation.
 Both run under torch.inference_mode() with model.eval(); the training flags are restored.
 torch.utils.benchmark is not used: importing it pulls in cpp_extension, which warns about
 CUDA_HOME on machines without a CUDA runtime.
@@ -15,18 +17,24 @@ CUDA_HOME on machines without a CUDA runtime.
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
 from contextlib import contextmanager
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-MIN_SAMPLE_MS = 2.0  # a timed sample lasts at least this long (timer resolution, scheduler ticks)
+from .dtype import LATENCY_DTYPES, as_deployed
+
+SAMPLE_MS = 20.0  # a timed sample lasts at least this long: several scheduler time slices (4 ms each on Linux),
+#                   so a preemption on a shared machine is averaged into every sample instead of hitting some
 MAX_INNER = 100  # forwards per sample at most (tiny models)
 MAX_SPREAD = 0.2  # flag a ratio whose interquartile range exceeds 20% of its median
+REPEATS = 20  # pairs per measurement by default (eval.latency_repeats' default): an IQR from 20 ratios
 
 
 @contextmanager
@@ -59,9 +67,15 @@ def _sample_ms(model: nn.Module, x: torch.Tensor, inner: int) -> float:
 
 
 def _inner_count(model: nn.Module, x: torch.Tensor, warmup: int) -> int:
-    """Warm up, then choose how many forwards one sample holds so that it lasts MIN_SAMPLE_MS."""
-    ms = min(_sample_ms(model, x, 1) for _ in range(max(1, warmup)))
-    return max(1, min(MAX_INNER, math.ceil(MIN_SAMPLE_MS / max(ms, 1e-6))))
+    """Warm up with up to `warmup` single forwards, then choose how many forwards one sample holds so that it
+    lasts SAMPLE_MS. A forward that lasts a sample by itself ends the warm-up from the second one on: the
+    first paid the one-time costs (allocations, kernel choice), which are small next to it."""
+    times: List[float] = []
+    for _ in range(max(1, warmup)):
+        times.append(_sample_ms(model, x, 1))
+        if len(times) >= 2 and times[-1] >= SAMPLE_MS:
+            break
+    return max(1, min(MAX_INNER, math.ceil(SAMPLE_MS / max(min(times), 1e-6))))
 
 
 def _input(model: nn.Module, batch: int, input_shape: Tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -81,7 +95,7 @@ def measure_latency(
     device: torch.device | str,
     batch_sizes: Sequence[int] = (1, 64),
     warmup: int = 5,
-    repeats: int = 20,
+    repeats: int = REPEATS,
 ) -> Dict[int, Dict[str, float]]:
     """One model alone: {batch_size: {"ms_per_batch": median ms, "ms_per_image": that / batch_size}} for
     inputs of shape (batch, *input_shape) on `device` (the model is expected to be there already).
@@ -99,14 +113,8 @@ def measure_latency(
 
 
 def _interleaved_samples(base: nn.Module, final: nn.Module, xb: torch.Tensor, xf: torch.Tensor,
-                         warmup: int, repeats: int, stop: Optional[Callable[[List[float]], bool]] = None,
-                         inner: Optional[int] = None) -> Tuple[List[float], List[float]]:
-    if inner is None:
-        inner = min(_inner_count(base, xb, warmup), _inner_count(final, xf, warmup))
-    else:  # the caller knows how long a sample is: only the warm-up asked for, none where it asks for 0
-        for _ in range(warmup):
-            _sample_ms(base, xb, inner)
-            _sample_ms(final, xf, inner)
+                         warmup: int, repeats: int) -> Tuple[List[float], List[float]]:
+    inner = min(_inner_count(base, xb, warmup), _inner_count(final, xf, warmup))
     base_ms, final_ms = [], []
     for i in range(repeats):
         # alternate the order: a load that rises or falls during a pair hits each model first equally often
@@ -116,8 +124,6 @@ def _interleaved_samples(base: nn.Module, final: nn.Module, xb: torch.Tensor, xf
         else:
             final_ms.append(_sample_ms(final, xf, inner))
             base_ms.append(_sample_ms(base, xb, inner))
-        if stop is not None and stop([b / f for b, f in zip(base_ms, final_ms)]):
-            break
     return base_ms, final_ms
 
 
@@ -128,25 +134,51 @@ def compare_latency(
     device: torch.device | str,
     batch_sizes: Sequence[int] = (1, 64),
     warmup: int = 5,
-    repeats: int = 20,
-    stop: Optional[Callable[[List[float]], bool]] = None,
-    inner: Optional[int] = None,
+    repeats: int = REPEATS,
 ) -> Dict[int, Dict[str, float]]:
     """Per batch size: base_ms and final_ms (medians, ms per batch), ratio (median of the per-repetition
     base / final ratios), ratio_q1 and ratio_q3 (its interquartile range), spread ((q3 - q1) / median),
-    noisy (spread > MAX_SPREAD) and repeats (the pairs taken). `stop(ratios so far)`, asked after each pair,
-    may end a measurement before `repeats` pairs (a sequential test that has its answer). `inner` forwards
-    per sample, where given, replaces the count chosen from warm-up forwards (which take at least one of
-    each model even with warmup=0)."""
+    noisy (spread > MAX_SPREAD) and repeats (the pairs taken)."""
     device = torch.device(device)
     results: Dict[int, Dict[str, float]] = {}
     with _eval_mode(base, final):
         for batch in batch_sizes:
             xb, xf = _input(base, batch, input_shape, device), _input(final, batch, input_shape, device)
-            base_ms, final_ms = _interleaved_samples(base, final, xb, xf, warmup, repeats, stop, inner)
+            base_ms, final_ms = _interleaved_samples(base, final, xb, xf, warmup, repeats)
             q1, ratio, q3 = quartiles([b / f for b, f in zip(base_ms, final_ms)])
             spread = (q3 - q1) / ratio
             results[batch] = {"base_ms": statistics.median(base_ms), "final_ms": statistics.median(final_ms),
                               "ratio": ratio, "ratio_q1": q1, "ratio_q3": q3, "spread": spread,
                               "noisy": spread > MAX_SPREAD, "repeats": len(base_ms)}
     return results
+
+
+@dataclass
+class Reading:
+    """One `LatencyMeter` reading of a model against the base model."""
+
+    ratio: float  # median base / model latency of the interleaved pairs
+    q1: float  # the ratio's interquartile range
+    q3: float
+    noisy: bool  # the IQR is wider than MAX_SPREAD of the median: not to be trusted
+    seconds: float  # what the reading cost (wall clock)
+    base_ms: float  # the base model's median ms per batch in this reading
+
+
+class LatencyMeter:
+    """`compare_latency` of a frozen copy of one base model, in the deployed dtype, against other models at
+    one batch size: the prune stage's readings, taken as the eval stage takes its figure."""
+
+    def __init__(self, base: nn.Module, input_shape: Tuple[int, ...], device: torch.device | str, dtype: str,
+                 batch: int, repeats: int = REPEATS):
+        self.base = copy.deepcopy(base).to(LATENCY_DTYPES[dtype]).eval()
+        self.input_shape, self.device, self.dtype = input_shape, torch.device(device), dtype
+        self.batch, self.repeats = batch, repeats
+
+    def __call__(self, model: nn.Module) -> Reading:
+        """`model` (converted to the dtype on a copy where it is in another) against the base model."""
+        started = time.perf_counter()
+        row = compare_latency(self.base, as_deployed(model, self.dtype), self.input_shape, self.device, (self.batch,),
+                              repeats=self.repeats)[self.batch]
+        return Reading(row["ratio"], row["ratio_q1"], row["ratio_q3"], bool(row["noisy"]),
+                       time.perf_counter() - started, row["base_ms"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import warnings
 from typing import Tuple
 
 import torch
@@ -110,8 +111,24 @@ def layer_structure(name: str) -> Tuple[bool, bool]:
         side = _input_side(_pretrained_cfg(timm, arch))
         try:
             model(torch.zeros(1, 3, side, side))
-        except Exception:  # an op without a meta kernel: unknown, so not refused here
-            dims = []
-        for hook in hooks:
-            hook.remove()
+        except (NotImplementedError, RuntimeError) as err:
+            if not _meta_limit(err):
+                raise  # a model that fails for another reason fails here, not quietly later
+            dims = []  # unknown: not refused here; the pruning step fails with its own one line if it must
+            first = str(err).strip().splitlines()[0][:MAX_REASON] if str(err).strip() else ""
+            warnings.warn(f"timm model '{arch}' cannot run on the meta device ({type(err).__name__}: {first}), so "
+                          "whether its Linear layers see token tensors is unknown: method obdc is not refused for "
+                          "it before the run", stacklevel=2)
+        finally:
+            for hook in hooks:
+                hook.remove()
     return has_bn, any(d > 2 for d in dims)
+
+
+MAX_REASON = 200  # characters of an error's first line quoted in a warning
+
+
+def _meta_limit(err: Exception) -> bool:
+    """Whether `err` is the meta device's own limit: an op without a meta kernel (NotImplementedError), or a
+    value read out of a tensor that has no data (`.item()`, `if tensor:`)."""
+    return isinstance(err, NotImplementedError) or "meta tensor" in str(err)

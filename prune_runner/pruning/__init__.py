@@ -2,7 +2,7 @@
 
 methods.py           the method registry: importance criterion, regularizer and calibration per method
 method_defaults.py   the regularization defaults per method and schedule
-progressive.py       building a pruner, calibration (Taylor, OBDC), pruning step by step to a MACs target
+progressive.py       building a pruner, calibration (Taylor, OBDC), the step loop, pruning to a MACs target
 latency_target.py    pruning step by step to a measured latency speed-up (prune.target=latency)
 round_to.py          the channel multiple each device's kernels run fastest on (prune.round_to=auto)
 groups.py            the dependency groups of a pruner, and their per-channel norms
@@ -19,19 +19,32 @@ from .library import tp  # noqa: F401  first: torch-pruning without timm's start
 from .groups import channel_group_norms, dependency_groups
 from .hints import pruning_hints, sync_after_pruning
 from .history import pruned_copy, replay_pruning_history
-from .latency_target import LatencyTargetError, prune_to_latency, prune_to_latency_in_run
+from .latency_target import (
+    LatencyTargetError,
+    MachineTooBusyError,
+    latency_line,
+    prune_to_latency,
+    prune_to_latency_in_run,
+)
 from .macs import MacCounter, count_params
 from .method_defaults import METHOD_DEFAULTS, resolve_method_defaults
 from .methods import METHODS, NORMALIZERS, MethodSpec, get_method, list_methods
-from .progressive import ObdcCalibration, PruningTargetError, build_pruner, grad_calibration, progressive_prune
+from .progressive import (
+    ObdcCalibration,
+    PruningTargetError,
+    StepLoop,
+    build_pruner,
+    grad_calibration,
+    progressive_prune,
+)
 from .regularizers import REGULARIZERS, SMALL_NORM, Regularizer, build_regularizer, regularizer_from_config
 from .round_to import ROUND_TO, check_round_to, resolve_round_to
 
 __all__ = [
     "METHODS", "METHOD_DEFAULTS", "NORMALIZERS", "REGULARIZERS", "ROUND_TO", "SMALL_NORM", "LatencyTargetError",
-    "MacCounter", "MethodSpec", "ObdcCalibration", "PruningTargetError", "Regularizer", "build_pruner",
-    "build_regularizer", "channel_group_norms", "check_round_to", "count_params", "dependency_groups", "get_method",
-    "grad_calibration", "list_methods", "progressive_prune", "prune_to_latency", "prune_to_latency_in_run",
-    "pruned_copy", "pruning_hints", "regularizer_from_config", "replay_pruning_history", "resolve_method_defaults",
-    "resolve_round_to", "sync_after_pruning",
+    "MacCounter", "MachineTooBusyError", "MethodSpec", "ObdcCalibration", "PruningTargetError", "Regularizer",
+    "StepLoop", "build_pruner", "build_regularizer", "channel_group_norms", "check_round_to", "count_params",
+    "dependency_groups", "get_method", "grad_calibration", "latency_line", "list_methods", "progressive_prune",
+    "prune_to_latency", "prune_to_latency_in_run", "pruned_copy", "pruning_hints", "regularizer_from_config",
+    "replay_pruning_history", "resolve_method_defaults", "resolve_round_to", "sync_after_pruning",
 ]

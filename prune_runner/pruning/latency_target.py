@@ -1,78 +1,57 @@
 """prune.target=latency: prune until the model is measurably `prune.speed_up` times faster than the base model,
 on the run's device, at batch prune.latency_batch, in the deployed precision (eval.latency_dtype).
 
-Every measurement is `compare_latency`'s: base and pruned forwards interleaved, the median of the per-pair
-ratios. Timing is noisy and not monotone in the pruning step (a width crossing a SIMD block can make a
-smaller model slower), so the rule that stops never trusts one measurement:
+Every reading is the eval stage's meter (`LatencyMeter`, latency/meter.py): base and pruned forwards
+interleaved, the median of the per-pair ratios and its IQR. The rule:
 
-  1. Where one measurement costs no more than one pruning step (tiny models), it measures after every step.
-     Elsewhere it predicts from MACs: the first measurement is taken where the MACs speed-up reaches the
-     target (latency rarely falls faster than MACs), and each later one where a line fitted to the last few
-     measurements in log(MACs speed-up), log(latency speed-up) reaches the target (the unpruned model is
-     the point (1, 1)), at most MAX_JUMP further in MACs speed-up.
-  2. A measurement at or above the target is confirmed by a fresh one before pruning stops, and by a third
-     when the two differ by more than DISAGREE. If a confirmation falls short, pruning goes on and the
-     measurements count as one point at their median.
-  3. A measurement ends after DECISIVE pairs when every pair lies on one side of the target (the usual case
-     far from it); only a measurement that straddles the target takes its full MEASURE_S, and so does every
-     confirmation that reaches it: a stop rests on full measurements.
-  4. A stop that likely pruned further than needed is bisected: the models between the last measurement
-     below the target and the stop are rebuilt from the pruning history (replayed on a copy of the model as
-     it entered) and measured, and pruning stops at the earliest one that three readings confirm. Further
-     than needed is a confirmed speed-up OVERSHOOT x the target or more (widths that leave a kernel's fast
-     path make latency fall in steps), or a long prediction: the line through the two measurements either
-     side of the target reaches it at MACS_SLACK x fewer MACs speed-up than the stop's (flat, noisy
-     readings send a prediction far).
-  5. A target not reached when the step budget ends is one line: the best speed-up measured, the MACs
-     speed-up it took, and why (prune.max_pruning_ratio, or latency bound by what pruning does not shrink).
+  1. Read the unpruned model against its copy; if even that reading is NOISY, the machine is too busy: stop
+     before pruning, in one line. Then prune without reading until the MACs speed-up reaches the target
+     (latency rarely falls faster than MACs), and read there.
+  2. While readings fall short, read next where the line through the unpruned model and the closest reading
+     below the target (log MACs speed-up, log latency speed-up) reaches it, at most CAP further in MACs
+     speed-up. A model passes when PASS_READINGS readings reach the target.
+  3. Bisect the steps between the closest reading below and the model that passed, on models rebuilt from
+     the pruning history, for the earliest that passes.
+  4. Only clean readings decide. A NOISY one (IQR wider than MAX_SPREAD of its median) is taken again after a
+     wait, up to RETRIES times. If it stays NOISY, pruning stops where the clean readings place the target and
+     says so (a fallback to prediction), where that lies within CAP of a clean reading below the target;
+     elsewhere the run stops as too busy, in one line. A bisection keeps the earliest model that passed.
 
-`StoppingRule` holds the decisions, `run_to_target` the loop and `bisect_jump` the way back; all take plain
-callables, so the tests drive them with a fake timer. `prune_to_latency` wires them to a torch-pruning pruner
-and `compare_latency`.
+So no reading and no stop lies more than CAP past the MACs speed-up of a clean reading that fell short: not on
+noise, not on a line extrapolated far from what was measured. `decide` holds the rule over plain callables (the
+tests drive it with a fake timer); `prune_to_latency` wires it to the step loop and the meter.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
 from ..errors import UserError
-from ..latency.dtype import LATENCY_DTYPES, as_deployed, device_name, resolve_latency_dtype
-from ..latency.meter import MAX_SPREAD, compare_latency
-from .hints import sync_after_pruning
+from ..latency.dtype import device_name
+from ..latency.meter import MAX_SPREAD, LatencyMeter
 from .history import pruned_copy
 from .macs import MacCounter
+from .progressive import StepLoop
+from .timm_hints import explain_failures
 
-SAMPLE_S = 0.02  # a timed sample lasts at least this long (several scheduler slices on a shared machine)
-MAX_INNER = 100  # forwards per sample at most
-MEASURE_S = 0.6  # pairs of samples per measurement: as many as fit this, within [MIN_REPEATS, MAX_REPEATS]
-MIN_REPEATS, MAX_REPEATS = 6, 20  # (twice as many for a noisy measurement that leaves the decision open)
-DISAGREE = 0.1  # a confirmation this far from its probe (of their mean) is itself checked once more
-DECISIVE = 3  # pairs after which a measurement ends if every ratio so far lies on one side of the target: a
-#               median on the other side gives that with odds of 1 in 8 (if pairs were independent, which
-#               they are not quite: so a confirmation ends early only below the target)
-WARMUP = 2  # samples of each model before a measurement (compare_latency's warm-up); 1 for samples longer
-LONG_SAMPLE_S = 0.25  # than this, and none for samples longer than
-WARM_S = 1.0  # this: a new model's one-time costs (allocations, kernel choice) are milliseconds next to it
-MAX_JUMP = 2.0  # a prediction moves the next measurement at most this factor further in MACs speed-up
-MIN_JUMP = 1.02  # ... and at least this factor: two measurements of nearly one model teach nothing new
-FLAT_JUMP = 1.1  # the next measurement's distance when latency did not fall with MACs over the fitted points
-FIT_POINTS = 3  # measured models (the unpruned one included) the prediction's line is fitted to
-AIM = 1.03  # predictions aim this much above the target: a measurement just below it costs one more
-CHEAP = 1.0  # measure after every step where one measurement costs at most this many pruning steps
-OVERSHOOT = 1.2  # a confirmed speed-up this far above the target, reached in a jump, is bisected
-MACS_SLACK = 1.2  # ... and so is a stop at this factor more MACs speed-up than where latency, interpolated
-#                   between the measurements either side of the target, reaches it (a stop that keeps 1/1.2,
-#                   83%, of the MACs that a model just at the target keeps)
-BOUND = 2.0  # a model whose MACs fell BOUND x the target while latency missed it is bound by unpruned parts
+PASS_READINGS = 2  # readings at or above the target that pass a model: one can be lucky, two in a row rarely are
+RETRIES = 3  # a NOISY reading is taken again at most this many times before the rule stops trusting the machine
+QUIET_WAIT_S = 2.0  # seconds to wait before taking a NOISY reading again, doubled each time (2, 4, 8 s): long
+#                     enough for a burst of other work (a test, a compile step) to end, short next to an epoch
+CAP = 1.5  # a prediction reaches at most this factor further in MACs speed-up than a clean reading below the target:
+#            far from the readings a line is a guess, and pruning past the need costs accuracy (a busy machine
+#            once sent a 1.5x target to 14.9x fewer MACs)
+
+CONFIRMED, FALLBACK = "confirmed clean", "fallback to prediction"  # how a stop was decided (results.json)
+MISSED, TOO_BUSY = "missed", "stopped as too busy"  # ... or why there was none (the errors' kinds)
 
 
 @dataclass
@@ -82,417 +61,268 @@ class Measurement:
     ratio: float  # median base / pruned latency of the interleaved pairs
     q1: float  # the ratio's interquartile range
     q3: float
-    seconds: float  # what the measurement cost
-    confirmation: bool = False  # the fresh measurement that checks one at or above the target
-    noisy: bool = False  # its IQR stayed wider than MAX_SPREAD of the median, even measured twice as long
+    seconds: float  # what the reading cost, the wait before it included
+    noisy: bool = False  # its IQR is wider than MAX_SPREAD of the median: it decides nothing
 
 
 @dataclass
 class Outcome:
-    reached: bool
-    steps: int
-    macs_speed_up: float
-    final: Optional[Measurement]  # the confirming measurement, or the best one when the target was missed
+    decided: str  # CONFIRMED, FALLBACK or MISSED
+    steps: int  # the step pruning stops at
+    final: Optional[Measurement]  # the last reading that passed the stop (None for a fallback; MISSED: the best)
+    predicted: float  # the MACs speed-up at which the clean readings place the target (`predict`)
     measurements: List[Measurement] = field(default_factory=list)
-    every_step: bool = False
-
-    @property
-    def best(self) -> Optional[Measurement]:
-        return max(self.measurements, key=lambda m: m.ratio, default=None)
-
-
-class StoppingRule:
-    """When to measure and when to stop; no timing and no pruning in here."""
-
-    def __init__(self, target: float, every_step: bool = False):
-        self.target = target
-        self.every_step = every_step
-        self.points: List[Tuple[float, float]] = []  # (MACs speed-up, latency speed-up) of each measured model
-        self.next_at = target  # the MACs speed-up of the next measurement (predict mode)
-
-    def wants(self, macs_speed_up: float) -> bool:
-        return self.every_step or macs_speed_up >= self.next_at
-
-    def record(self, macs_speed_up: float, latency_speed_up: float) -> None:
-        """A measured model that is not the stopping point: plan the next measurement from it."""
-        self.points.append((macs_speed_up, latency_speed_up))
-        self.next_at = self.predict(macs_speed_up)
-
-    def predict(self, macs_now: float) -> float:
-        """The MACs speed-up at which latency should reach the target, within [MIN_JUMP, MAX_JUMP] x now: a
-        least-squares line in log-log through the last FIT_POINTS measured models (the unpruned one among
-        them while there are fewer), which follows the curve locally and lets no single measurement steer."""
-        points = ([(1.0, 1.0)] + self.points)[-FIT_POINTS:]
-        xs = [math.log(m) for m, _ in points]
-        ys = [math.log(max(lat, 1e-9)) for _, lat in points]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        sxx = sum((x - mx) ** 2 for x in xs)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
-        if slope <= 0:  # latency did not fall with MACs over these points (noise, a slower width): a step on
-            return macs_now * FLAT_JUMP
-        needed = math.exp(mx + (math.log(AIM * self.target) - my) / slope)
-        return min(max(needed, macs_now * MIN_JUMP), macs_now * MAX_JUMP)
-
-
-def reading(measure: Callable[[bool], Measurement], target: float,
-            confirmations: int = 1) -> Tuple[List[Measurement], bool]:
-    """One model's measurements and whether they confirm the target: `measure(confirmation)` once, and where
-    that reaches the target `confirmations` fresh ones, and one more when the first two differ by more than
-    DISAGREE of their mean (the machine changed between them, say a neighbour's memory traffic that slows
-    the larger base model more: either may be off). The target is confirmed when every one of them reaches
-    it; the first that falls short ends the reading."""
-    taken = [measure(False)]
-    if taken[0].ratio < target:
-        return taken, False
-    wanted = 1 + confirmations
-    while len(taken) < wanted and taken[-1].ratio >= target:
-        taken.append(measure(True))
-        if len(taken) == 2 and abs(taken[1].ratio - taken[0].ratio) > DISAGREE * median_ratio(taken):
-            wanted = max(wanted, 3)
-    return taken, all(m.ratio >= target for m in taken)
-
-
-def median_ratio(readings: List[Measurement]) -> float:
-    """The median of one model's readings (probe and confirmations: of three, the third breaks a
-    disagreement of the first two, so one outlier does not move it)."""
-    return statistics.median(m.ratio for m in readings)
-
-
-def run_to_target(rule: StoppingRule, budget: int, prune_step: Callable[[int], float],
-                  measure: Callable[[int, float, bool], Measurement],
-                  decide_every_step: Optional[Callable[[float], bool]] = None) -> Outcome:
-    """Prune step by step (`prune_step(step)` returns the MACs speed-up after it) and measure where the rule
-    wants (`measure(step, macs_speed_up, confirmation)`), until a confirmed target or the end of the budget.
-    `decide_every_step(seconds of the first step)` may switch the rule to measuring after every step."""
-    measurements: List[Measurement] = []
-    macs, measured_at = 1.0, None
-    for step in range(1, budget + 1):
-        started = time.perf_counter()
-        macs = prune_step(step)
-        if step == 1 and decide_every_step is not None:
-            rule.every_step = decide_every_step(time.perf_counter() - started)
-        last = step == budget
-        if not (rule.wants(macs) or last) or measured_at == macs:
-            continue
-        taken, confirmed = reading(lambda confirmation: measure(step, macs, confirmation), rule.target)
-        measurements.extend(taken)
-        measured_at = macs
-        if confirmed:
-            return Outcome(True, step, macs, taken[-1], measurements, rule.every_step)
-        rule.record(macs, median_ratio(taken))
-    missed = Outcome(False, budget, macs, None, measurements, rule.every_step)
-    missed.final = missed.best
-    return missed
-
-
-UNPRUNED = Measurement(0, 1.0, 1.0, 1.0, 1.0, 0.0)  # step 0: the model as it entered, by definition
-
-
-def last_below(outcome: Outcome) -> Measurement:
-    """The latest measurement of a step that did not stop pruning (UNPRUNED if none): the step before the
-    stop on the other side of the target."""
-    earlier = [m for m in outcome.measurements if m.step < outcome.steps and not m.confirmation]
-    return max(earlier, key=lambda m: m.step, default=UNPRUNED)
-
-
-def step_ratio(outcome: Outcome, step: int) -> float:
-    """`median_ratio` of a step's readings; 1.0 for the unpruned model."""
-    return median_ratio([m for m in outcome.measurements if m.step == step]) if step else 1.0
-
-
-def crossing(low: Tuple[float, float], high: Tuple[float, float], target: float) -> float:
-    """The MACs speed-up at which the line through two (MACs speed-up, latency speed-up) points, in log-log,
-    reaches `target`; the lower point's MACs speed-up where latency did not rise between them."""
-    (m0, r0), (m1, r1) = low, high
-    if r1 <= r0 or r0 >= target or m1 <= m0:
-        return m0
-    slope = math.log(r1 / r0) / math.log(m1 / m0)
-    return m0 * math.exp(math.log(target / r0) / slope)
-
-
-def jumped_from(outcome: Outcome, target: float) -> Optional[Measurement]:
-    """When the confirmed stop's readings lie OVERSHOOT x the target or more above it (their median, not the
-    last reading, which can be the outlier): `last_below`, the other side of the jump."""
-    if not outcome.reached or outcome.final is None or step_ratio(outcome, outcome.steps) < OVERSHOOT * target:
-        return None
-    return last_below(outcome)
-
-
-def bisect_from(outcome: Outcome, target: float) -> Optional[Tuple[Measurement, str]]:
-    """When the confirmed stop probably pruned further than the target needs: `last_below` and why (a jump
-    far past the target, or latency interpolated between the two reaching it MACS_SLACK x earlier)."""
-    if not outcome.reached or outcome.final is None:
-        return None
-    low = jumped_from(outcome, target)
-    if low is not None:
-        return low, "far past the target"
-    low = last_below(outcome)
-    needed = crossing((low.macs_speed_up, step_ratio(outcome, low.step)),
-                      (outcome.macs_speed_up, step_ratio(outcome, outcome.steps)), target)
-    if outcome.macs_speed_up >= MACS_SLACK * needed:
-        return low, f"interpolated, latency reaches {target}x near {needed:.2f}x MACs"
-    return None
-
-
-def bisect_jump(outcome: Outcome, target: float, measure_at: Callable[[int, bool], Measurement],
-                changed: Optional[List[int]] = None) -> Outcome:
-    """Where a stop pruned further than needed (`bisect_from`): bisect the steps between the last measurement
-    below the target and the stop for the earliest one whose speed-up reaches the target, confirmed by two
-    fresh readings (one more than a stop on the way up).
-    `measure_at(step, confirmation)` measures the model as it was after `step`; `changed` lists the steps
-    after which the model differs from the step before (a step that pruned nothing, or rounded a width
-    back to where it was, is not measured twice)."""
-    why = bisect_from(outcome, target)
-    if why is None:
-        return outcome
-    low = why[0]
-    steps = [s for s in (changed if changed is not None else range(low.step + 1, outcome.steps))
-             if low.step < s < outcome.steps]
-    if not steps:  # no other model in between
-        return outcome
-    below, above, final = -1, len(steps), outcome.final  # indices into steps; above == len: the stop itself
-    measurements = list(outcome.measurements)
-    while above - below > 1:
-        mid = (below + above) // 2
-        # two confirmations: the earliest of several models near the target that passes is the one whose
-        # readings ran high (the winner's curse), so passing takes one reading more than on the way up
-        taken, confirmed = reading(lambda confirmation: measure_at(steps[mid], confirmation), target, 2)
-        measurements.extend(taken)
-        if confirmed:
-            above, final = mid, taken[-1]
-        else:
-            below = mid
-    stop = steps[above] if above < len(steps) else outcome.steps
-    return Outcome(True, stop, final.macs_speed_up, final, measurements, outcome.every_step)
-
-
-class _Repeated(nn.Module):
-    """`inner` forwards of a model per call: a sample of compare_latency lasts >= SAMPLE_S, long enough to
-    average over the scheduler's time slices on a shared machine (a 2 ms sample is preempted or not)."""
-
-    def __init__(self, model: nn.Module, inner: int):
-        super().__init__()
-        self.model, self.inner = model, inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range(self.inner - 1):
-            self.model(x)
-        return self.model(x)
-
-
-class LatencyMeter:
-    """`compare_latency` of a frozen copy of the unpruned model against the current one, with samples of
-    >= SAMPLE_S and as many pairs (MIN_REPEATS to MAX_REPEATS) as fit MEASURE_S."""
-
-    def __init__(self, model: nn.Module, input_shape: Tuple[int, ...], device: torch.device, dtype: str,
-                 batch: int, target: float):
-        self.base = copy.deepcopy(model).to(LATENCY_DTYPES[dtype]).eval()
-        self.target = target
-        self.input_shape, self.device, self.dtype, self.batch = input_shape, torch.device(device), dtype, batch
-        self.forward_s = self.forward_seconds()
-        self.inner = max(1, min(MAX_INNER, math.ceil(SAMPLE_S / self.forward_s)))
-        sample_s = self.inner * self.forward_s
-        self.repeats = max(MIN_REPEATS, min(MAX_REPEATS, math.ceil(MEASURE_S / (2 * sample_s))))
-        # a long sample warms itself up (MobileNetV2 at batch 64 on one core: about 5 s a forward)
-        self.warmup = 0 if sample_s > WARM_S else 1 if sample_s > LONG_SAMPLE_S else WARMUP
-
-    def forward_seconds(self) -> float:
-        """One forward of the base model, warm (the fastest of up to three; one that long is warm enough)."""
-        x = torch.randn(self.batch, *self.input_shape, device=self.device, dtype=LATENCY_DTYPES[self.dtype])
-        times = []
-        with torch.inference_mode():
-            for _ in range(3):
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                started = time.perf_counter()
-                self.base(x)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                times.append(time.perf_counter() - started)
-                if times[-1] > LONG_SAMPLE_S:
-                    break
-        return max(min(times), 1e-6)
-
-    def measurement_seconds(self) -> float:
-        """About what one measurement away from the target costs (DECISIVE pairs), as if the pruned model were
-        as slow as the unpruned one: both models, warm-up and pairs."""
-        return 2 * (self.warmup + DECISIVE) * self.inner * self.forward_s
-
-    def decided(self, ratios: List[float], confirmation: bool = False) -> bool:
-        """Whether the pairs so far answer 'is the target reached?' (compare_latency's early stop). A
-        confirmation ends early only on a no: pairs a fraction of a second apart share the machine's state
-        (three high pairs in a row are likelier than independent odds say), and a yes stops pruning."""
-        return len(ratios) >= DECISIVE and (max(ratios) < self.target
-                                            or (min(ratios) >= self.target and not confirmation))
-
-    def __call__(self, model: nn.Module, step: int, macs_speed_up: float, confirmation: bool) -> Measurement:
-        started = time.perf_counter()
-        deployed = as_deployed(model, self.dtype)
-        row = self._compare(deployed, self.repeats, confirmation)
-        if row["noisy"] and row["ratio_q1"] < self.target <= row["ratio_q3"]:
-            # an IQR wider than MAX_SPREAD of the median (a busy machine) that leaves the decision open:
-            # once more, twice as long
-            row = self._compare(deployed, 2 * self.repeats, confirmation)
-        return Measurement(step, macs_speed_up, row["ratio"], row["ratio_q1"], row["ratio_q3"],
-                           time.perf_counter() - started, confirmation, bool(row["noisy"]))
-
-    def _compare(self, model: nn.Module, repeats: int, confirmation: bool) -> dict:
-        return compare_latency(_Repeated(self.base, self.inner), _Repeated(model, self.inner), self.input_shape,
-                               self.device, (self.batch,), warmup=self.warmup, repeats=repeats,
-                               stop=lambda ratios: self.decided(ratios, confirmation), inner=1)[self.batch]
 
 
 class LatencyTargetError(UserError):
     """The measured latency speed-up stayed below the target."""
 
 
-def why_missed(outcome: Outcome, target: float, max_pruning_ratio: float, budget: int) -> str:
-    """The likeliest causes of a missed target, for its one-line error."""
-    best = outcome.best
-    reasons = []
-    if max_pruning_ratio < 1.0:
-        reasons.append(f"pruning went as far as prune.max_pruning_ratio={max_pruning_ratio} allows in "
-                       f"prune.iterative_steps={budget} steps")
-    else:
-        reasons.append(f"the step budget prune.iterative_steps={budget} ended")
-    if best is not None and best.macs_speed_up >= BOUND * target:
-        reasons.append(f"latency is bound by what pruning does not shrink (layers that are not pruned, per-layer "
-                       f"overhead): {best.ratio:.2f}x faster at {best.macs_speed_up:.2f}x fewer MACs")
-    return "; ".join(reasons)
+class MachineTooBusyError(UserError):
+    """Readings stayed NOISY where no stop can rest on clean ones: the unpruned model's, or a pruned model's
+    whose target the clean readings place beyond their reach."""
 
 
-def overshoot(outcome: Outcome, target: float, round_to: Optional[int]) -> Optional[str]:
-    """A line when the confirmed speed-up lies far above the target (after `bisect_jump`) and the step before
-    read below it: latency fell that far within one pruning step, and pruning stops only between steps."""
-    low = jumped_from(outcome, target)
-    before = step_ratio(outcome, low.step) if low is not None else None
-    if before is None or before >= target:  # no jump, or one from a step that read above the target unconfirmed
+def closest_below(clean: List[Measurement], target: float) -> Optional[Measurement]:
+    """The highest clean reading below the target (of equal ones, the latest). A lower one further on is a slower
+    width (one off a kernel's fast path), not a sign that the target lies further, nor that the models between
+    them fall short."""
+    return max((m for m in clean if m.ratio < target), key=lambda m: (m.ratio, m.step), default=None)
+
+
+def predict(clean: List[Measurement], target: float) -> float:
+    """The MACs speed-up at which the clean readings place the target: on the line, in log-log, between the
+    closest reading below it and the first one at or above it further on, or without one, through the unpruned
+    model and the closest below; infinite where latency did not fall along that line. The target itself when no
+    pruned model read below it (latency falls at most as fast as MACs)."""
+    below = closest_below(clean, target)
+    if below is None:
+        return target
+    low = (below.macs_speed_up, below.ratio)
+    above = min((m for m in clean if m.ratio >= target and m.macs_speed_up > low[0]),
+                key=lambda m: m.macs_speed_up, default=None)
+    a, b = (low, (above.macs_speed_up, above.ratio)) if above is not None else ((1.0, 1.0), low)
+    if b[1] <= a[1] or b[0] <= a[0]:  # latency did not fall with MACs between them: no line to follow
+        return math.inf
+    slope = math.log(b[1] / a[1]) / math.log(b[0] / a[0])
+    return a[0] * math.exp(math.log(target / a[1]) / slope)
+
+
+def reach(clean: List[Measurement], target: float) -> float:
+    """How far in MACs speed-up the clean readings let pruning go: CAP past the closest reading below the target
+    (infinite before any: then only the MACs target bounds the first reading, and no fallback is in reach)."""
+    below = closest_below(clean, target)
+    return CAP * below.macs_speed_up if below is not None else math.inf
+
+
+def too_busy(what: str, predicted: float, reachable: float) -> MachineTooBusyError:
+    """The one line of a run whose readings stayed NOISY where no fallback is within reach."""
+    speed_up = f"{predicted:.3g}" if math.isfinite(predicted) else f"<above {reachable:.3g}>"
+    return MachineTooBusyError(f"the machine is too busy to measure latency ({what}); rerun on an idle machine, or "
+                               f"use prune.target=macs with prune.speed_up={speed_up}")
+
+
+def decide(target: float, budget: int, advance: Callable[[], float], read: Callable[[int], Measurement],
+           changed: Callable[[], List[int]], wait: Callable[[float], None] = time.sleep,
+           say: Callable[[str], None] = lambda text: None) -> Outcome:
+    """The rule over plain callables: `advance()` takes the next pruning step (the first is step 1) and returns
+    its MACs speed-up; `read(step)` takes one reading of the model after `step` (0: the unpruned one; an earlier
+    step than the last taken: a rebuilt model); `changed()` lists the steps after which the model differed from
+    the step before; `wait(seconds)` lets the machine settle. Raises MachineTooBusyError."""
+    if target <= 1.0:  # the unpruned model meets it by definition: nothing to read or remove
+        return Outcome(CONFIRMED, 0, Measurement(0, 1.0, 1.0, 1.0, 1.0, 0.0), 1.0)
+    taken: List[Measurement] = []
+    macs = [1.0]  # per step
+
+    def clean(step: int) -> Optional[Measurement]:
+        """A clean reading of the model after `step`, or None when RETRIES more stayed NOISY."""
+        for attempt in range(RETRIES + 1):
+            if attempt:
+                wait(QUIET_WAIT_S * 2 ** (attempt - 1))
+            taken.append(read(step))
+            if not taken[-1].noisy:
+                return taken[-1]
         return None
-    why = ("some widths leave a kernel's fast path (prune.round_to=auto keeps them on it), or load on the machine "
-           "moved the readings (rerun on an idle machine)" if not round_to else
-           f"widths are rounded to multiples of {round_to}, so a step removes much at once; more "
-           "prune.iterative_steps make the steps smaller")
-    where = f"step {low.step}, the median of its readings" if low.step else "the unpruned model"
-    return (f"prune: latency jumped from {before:.3f}x at {low.macs_speed_up:.3f}x MACs ({where}) to "
-            f"{step_ratio(outcome, outcome.steps):.3f}x at {outcome.macs_speed_up:.3f}x MACs (step {outcome.steps}), "
-            f"past the {target}x target: " + why)
+
+    def passes(step: int) -> Optional[bool]:
+        """Whether PASS_READINGS clean readings reach the target (the first that falls short answers no);
+        None when one stayed NOISY."""
+        for _ in range(PASS_READINGS):
+            m = clean(step)
+            if m is None:
+                return None
+            if m.ratio < target:
+                return False
+        return True
+
+    def clean_readings() -> List[Measurement]:
+        return [m for m in taken if not m.noisy and m.step > 0]
+
+    def noisy_text(step: int) -> str:
+        last = taken[-1]
+        what = "the unpruned model read against its copy" if step == 0 else f"the model after step {step} read"
+        return (f"{what} {RETRIES + 1} times, the last with an IQR of {(last.q3 - last.q1) / last.ratio:.0%} of its "
+                f"median, wider than {MAX_SPREAD:.0%}")
+
+    if clean(0) is None:
+        raise too_busy(noisy_text(0), target, math.inf)
+    low, high, verdict = 0, None, None  # the last step that fell short, the first that passed
+    next_at = target  # the MACs speed-up of the next reading
+    while len(macs) <= budget:
+        macs.append(advance())
+        step = len(macs) - 1
+        if macs[step] < next_at and step < budget or macs[step] == macs[low]:
+            continue
+        verdict = passes(step)
+        if verdict is None:
+            break
+        if verdict:
+            high = step
+            break
+        low = step
+        next_at = min(predict(clean_readings(), target), reach(clean_readings(), target))
+    if verdict is None:  # stayed NOISY: stop where the clean readings place the target, if within their reach
+        predicted, reachable = predict(clean_readings(), target), reach(clean_readings(), target)
+        if not predicted <= reachable < math.inf:
+            why = (f"the clean readings place the target at {predicted:.2f}x fewer MACs, beyond the "
+                   f"{reachable:.2f}x they let pruning reach" if reachable < math.inf else
+                   "no pruned model read clean below the target")
+            raise too_busy(f"{noisy_text(taken[-1].step)}; {why}", predicted, reachable)
+        stop = next((s for s, m in enumerate(macs) if m >= predicted), len(macs) - 1)
+        while macs[stop] < predicted and len(macs) <= budget:
+            macs.append(advance())
+            stop = len(macs) - 1
+        say(f"prune: latency readings stayed NOISY (IQR wider than {MAX_SPREAD:.0%} of the median) after {RETRIES} "
+            f"retries: the machine is busy; stopping at step {stop}, {macs[stop]:.2f}x fewer MACs, where the clean "
+            f"readings place the {target}x target ({predicted:.2f}x MACs): a fallback to prediction, not a "
+            "confirmed speed-up")
+        return Outcome(FALLBACK, stop, None, predicted, taken)
+    if high is None:  # the step budget ended below the target: the best clean reading
+        best = max(clean_readings(), key=lambda m: m.ratio, default=None)
+        return Outcome(MISSED, len(macs) - 1, best, predict(clean_readings(), target), taken)
+    final = taken[-1]
+    low = (closest_below(clean_readings(), target) or taken[0]).step
+    between = [s for s in changed() if low < s < high]
+    if between:
+        say(f"prune: {final.ratio:.2f}x at step {high} ({macs[high]:.2f}x MACs), short of it at step {low}: "
+            f"bisecting the steps in between for the earliest that reaches {target}x")
+    while between:
+        mid = between[len(between) // 2]
+        verdict = passes(mid)
+        if verdict is None:  # stayed NOISY: keep the earliest model that passed
+            say(f"prune: a reading stayed NOISY while bisecting: keeping step {high}, the earliest that passed")
+            break
+        if verdict:
+            high, final = mid, taken[-1]
+            between = [s for s in between if s < mid]
+        else:
+            between = [s for s in between if s > mid]
+    return Outcome(CONFIRMED, high, final, predict(clean_readings(), target), taken)
 
 
+def missed_line(best: Optional[Measurement], target: float, where: str, budget: int,
+                max_pruning_ratio: float) -> str:
+    """Why the target was not reached, for its one-line error: the best clean reading and the likeliest causes."""
+    if best is None:
+        return f"no clean reading of a pruned model ({where}) in prune.iterative_steps={budget} steps"
+    text = (f"reached a measured latency speed-up of only {best.ratio:.2f}x ({where}, at {best.macs_speed_up:.2f}x "
+            f"fewer MACs) of the {target}x target in prune.iterative_steps={budget} steps")
+    if max_pruning_ratio < 1.0:
+        text += f", as far as prune.max_pruning_ratio={max_pruning_ratio} allows"
+    if best.macs_speed_up >= target:  # MACs fell by the target, latency did not
+        text += "; latency is bound by what pruning does not shrink (layers that are not pruned, per-layer overhead)"
+    return text
+
+
+@explain_failures  # a timm model torch-pruning cannot take apart: one line naming the layer
 def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: MacCounter, target: float,
                      meter: LatencyMeter, *, calibrate: Optional[Callable[[], None]] = None,
                      rebuild: Optional[Callable[[list], nn.Module]] = None,
                      describe: str = "model", on_step: Optional[Callable[[int, int, float], None]] = None,
-                     say: Callable[[str], None] = lambda text: None) -> dict:
-    """Prune in the pruner's small steps until the measured latency speed-up reaches `target` (confirmed);
-    the result of progressive_prune plus "latency" (what was measured, and what measuring cost), "model" (the
-    pruned model) and "history" (the pruning history that gives it from the model as it entered).
-    `rebuild(history)`, where given, returns the model as it entered pruned by `history`: with it a stop that
-    pruned further than needed is bisected (`bisect_from`, `bisect_jump`), and "model" may be such a rebuilt
-    model instead of `model`."""
-    base_macs, base_params = counter.count(model)
+                     say: Callable[[str], None] = lambda text: None,
+                     wait: Callable[[float], None] = time.sleep) -> dict:
+    """Prune in the pruner's small steps (`StepLoop`) until `decide` stops; the result of progressive_prune plus
+    "latency" (what was read, how the stop was decided, what reading cost), "model" (the pruned model) and
+    "history" (the pruning history that gives it from the model as it entered). `rebuild(history)` returns the
+    model as it entered pruned by `history`: a model of an earlier step, to bisect (without it, the stop is
+    the first model that passed)."""
+    loop = StepLoop(model, pruner, counter, calibrate=calibrate, on_step=on_step)
     where = f"batch {meter.batch}, {meter.device.type} {meter.dtype}"
     started = time.perf_counter()
-    rule = StoppingRule(target)
-    cost = meter.measurement_seconds() if target > 1.0 else 0.0
-    history_len, macs_at = {0: 0}, {0: 1.0}  # per step: the pruning history's length, the MACs speed-up
-
-    def prune_step(step: int) -> float:
-        if calibrate is not None:
-            calibrate()
-        pruner.step()
-        sync_after_pruning(model)
-        speed_up = macs_at[step] = base_macs / counter.count(model)[0]
-        history_len[step] = len(pruner.pruning_history())
-        if on_step is not None:
-            on_step(step, pruner.iterative_steps, speed_up)
-        return speed_up
-
-    def report(m: Measurement) -> Measurement:
-        say(f"prune step {m.step}: measured latency speed-up {m.ratio:.3f}x [{m.q1:.2f}-{m.q3:.2f}] ({where}) at "
-            f"{m.macs_speed_up:.3f}x MACs, target {target}x" + (" (confirmation)" if m.confirmation else ""))
-        return m
-
-    def measure(step: int, macs_speed_up: float, confirmation: bool) -> Measurement:
-        return report(meter(model, step, macs_speed_up, confirmation))
-
     rebuilt: dict = {}  # step -> the model after that step, rebuilt (only the latest is kept)
+    unpruned = copy.deepcopy(meter.base)  # read against the base: how noisy the machine is
 
-    def measure_at(step: int, confirmation: bool) -> Measurement:
+    def model_at(step: int) -> nn.Module:
+        if step == 0:
+            return unpruned
+        if step == loop.step:
+            return model
         if step not in rebuilt:
             rebuilt.clear()
-            rebuilt[step] = rebuild(pruner.pruning_history()[:history_len[step]])
-        return report(meter(rebuilt[step], step, macs_at[step], confirmation))
+            rebuilt[step] = rebuild(loop.history(step))
+        return rebuilt[step]
 
-    def decide(step_seconds: float) -> bool:
-        every = cost <= CHEAP * step_seconds
-        say(f"prune: one latency measurement takes about {cost:.2f} s, a pruning step {step_seconds:.2f} s: "
-            + ("measuring after every step" if every else "predicting from MACs and measuring near the target"))
-        return every
+    def read(step: int) -> Measurement:
+        r = meter(model_at(step))
+        m = Measurement(step, loop.speed_ups[step], r.ratio, r.q1, r.q3, r.seconds, r.noisy)
+        say(f"prune step {step}: measured latency speed-up {m.ratio:.3f}x [{m.q1:.2f}-{m.q3:.2f}] ({where}) at "
+            f"{m.macs_speed_up:.3f}x MACs, target {target}x" + (" NOISY" if m.noisy else ""))
+        return m
 
-    if target <= 1.0:
-        outcome = Outcome(True, 0, 1.0, None)
-    else:
-        outcome = run_to_target(rule, pruner.iterative_steps, prune_step, measure, decide)
-    model.zero_grad(set_to_none=True)
-    if not outcome.reached:
-        best = outcome.best
+    def waited(seconds: float) -> None:
+        wait(seconds)
+        waits.append(seconds)
+
+    waits: List[float] = []
+    changed = loop.changed if rebuild is not None else (lambda: [])
+    outcome = decide(target, loop.budget, loop.advance, read, changed, waited, say)
+    if outcome.decided == MISSED:
         raise LatencyTargetError(
-            f"{describe} reached a measured latency speed-up of only {best.ratio:.2f}x ({where}, at "
-            f"{best.macs_speed_up:.2f}x fewer MACs) of the {target}x target: "
-            f"{why_missed(outcome, target, pruner.max_pruning_ratio, pruner.iterative_steps)}; lower prune.speed_up"
-            + (", or measure at a larger prune.latency_batch" if meter.batch < 64 else ""))
-    stopped_at = outcome.steps  # where `model` is now
-    back = bisect_from(outcome, target)
-    changed = [s for s in sorted(history_len) if s > 0 and history_len[s] != history_len[s - 1]]
-    if rebuild is not None and back is not None and any(back[0].step < s < outcome.steps for s in changed):
-        low, why = back
-        say(f"prune: {step_ratio(outcome, outcome.steps):.2f}x at step {outcome.steps} ({outcome.macs_speed_up:.2f}x "
-            f"MACs) after {step_ratio(outcome, low.step):.2f}x at step {low.step} ({low.macs_speed_up:.2f}x MACs), "
-            f"{why}: bisecting the steps in between for the earliest that reaches {target}x")
-        outcome = bisect_jump(outcome, target, measure_at, changed)
-    jump = overshoot(outcome, target, pruner.round_to)
-    if jump:
-        say(jump)
-    history = pruner.pruning_history()[:history_len[outcome.steps]]
-    if outcome.steps == stopped_at:
-        kept = model
-    else:  # bisected back: the rebuilt model of that step (rebuilt again if a later probe replaced it)
-        kept = rebuilt[outcome.steps] if outcome.steps in rebuilt else rebuild(history)
-    macs, params = counter.count(kept)
+            f"{describe} {missed_line(outcome.final, target, where, loop.budget, pruner.max_pruning_ratio)}; lower "
+            "prune.speed_up" + (", or measure at a larger prune.latency_batch" if meter.batch < 64 else ""))
+    steps = outcome.steps if rebuild is not None else loop.step  # without rebuild no step back
+    kept = model if steps == loop.step else model_at(steps)
+    result = loop.finish(kept, steps)
     final = outcome.final
     latency = {"target": target, "batch": meter.batch, "device": meter.device.type, "dtype": meter.dtype,
-               "device_name": device_name(meter.device),
-               "speed_up": final.ratio if final else 1.0, "speed_up_iqr": [final.q1, final.q3] if final else [1.0, 1.0],
-               "noisy": bool(final and final.noisy),
-               "measurements": len(outcome.measurements), "every_step": outcome.every_step,
-               "measure_s": sum(m.seconds for m in outcome.measurements), "prune_s": time.perf_counter() - started,
-               "history": [asdict(m) for m in outcome.measurements]}
-    return {"steps": outcome.steps, "speed_up": base_macs / macs, "base_macs": base_macs, "macs": macs,
-            "base_params": base_params, "params": params, "latency": latency, "model": kept, "history": history}
+               "device_name": device_name(meter.device), "decided": outcome.decided,
+               "speed_up": final.ratio if final else None, "speed_up_iqr": [final.q1, final.q3] if final else None,
+               "predicted_macs_speed_up": outcome.predicted, "noisy": final is None,
+               "measurements": len(outcome.measurements),
+               "measure_s": sum(m.seconds for m in outcome.measurements) + sum(waits),
+               "prune_s": time.perf_counter() - started, "history": [asdict(m) for m in outcome.measurements]}
+    return {**result, "latency": latency, "model": kept, "history": loop.history(steps)}
 
 
-def prune_to_latency_in_run(state, model: nn.Module, pruner: tp.pruner.BasePruner,
-                            calibrate: Optional[Callable[[], None]], describe: str,
-                            on_step: Callable[[int, int, float], None]) -> dict:
-    """The prune stage's latency target: measured on the run's device, at prune.latency_batch, in
-    eval.latency_dtype, against a copy of the model as it enters the stage."""
-    cfg = state.cfg
-    dtype = resolve_latency_dtype(cfg.eval.latency_dtype, state.device)
-    meter = LatencyMeter(model, (3, state.input_size, state.input_size), state.device, dtype,
-                         cfg.prune.latency_batch, cfg.prune.speed_up)
-    entered = copy.deepcopy(model).cpu()  # what a stop past the need is bisected from
+def latency_line(latency: dict) -> str:
+    """The prune stage's one line on how its stop was decided."""
+    where = f"batch {latency['batch']}, {latency['device']} {latency['dtype']}"
+    cost = (f"{latency['measurements']} readings took {latency['measure_s']:.1f} s of {latency['prune_s']:.1f} s "
+            "of pruning")
+    if latency["decided"] == CONFIRMED:
+        iqr = latency["speed_up_iqr"]
+        return (f"prune: measured latency speed-up {latency['speed_up']:.2f}x [{iqr[0]:.2f}-{iqr[1]:.2f}] ({where}), "
+                f"{CONFIRMED}; {cost}")
+    return (f"prune: no clean reading confirmed the {latency['target']}x latency target ({where}): stopped at the "
+            f"{latency['predicted_macs_speed_up']:.2f}x MACs speed-up the clean readings predict ({FALLBACK}); "
+            f"{cost}; rerun on an idle machine for a measured stop")
+
+
+def prune_to_latency_in_run(model: nn.Module, pruner: tp.pruner.BasePruner, example: torch.Tensor, target: float, *,
+                            device: torch.device, dtype: str, batch: int, num_classes: int, input_size: int,
+                            to_device: Callable[[nn.Module], nn.Module], calibrate: Optional[Callable[[], None]],
+                            describe: str, on_step: Callable[[int, int, float], None],
+                            say: Callable[[str], None]) -> dict:
+    """The prune stage's latency target: read on `device` at `batch` in `dtype` against a copy of the model as it
+    enters the stage, bisected on copies of it pruned by a prefix of the history; then the one line on how the
+    stop was decided."""
+    meter = LatencyMeter(model, (3, input_size, input_size), device, dtype, batch)
+    entered = copy.deepcopy(model).cpu()
 
     def rebuild(history: list) -> nn.Module:
-        return state.to_device(pruned_copy(entered, history, state.num_classes, state.input_size))
+        return to_device(pruned_copy(entered, history, num_classes, input_size))
 
-    result = prune_to_latency(model, pruner, MacCounter(model, state.data.example_input(1)), cfg.prune.speed_up,
-                              meter, calibrate=calibrate, rebuild=rebuild, describe=describe, on_step=on_step,
-                              say=state.say)
-    lat = result["latency"]
-    state.say(f"prune: measured latency speed-up {lat['speed_up']:.2f}x (batch {lat['batch']}, {lat['device']} "
-              f"{lat['dtype']}), confirmed; {lat['measurements']} measurements took {lat['measure_s']:.1f} s of "
-              f"{lat['prune_s']:.1f} s of pruning")
-    if lat["noisy"]:
-        state.warn(f"prune: the confirming latency measurement was NOISY (its IQR is wider than {MAX_SPREAD:.0%} of "
-                   "its median): the machine was busy; rerun on an idle machine")
+    result = prune_to_latency(model, pruner, MacCounter(model, example), target, meter, calibrate=calibrate,
+                              rebuild=rebuild, describe=describe, on_step=on_step, say=say)
+    say(latency_line(result["latency"]))
     return result

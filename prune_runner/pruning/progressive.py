@@ -1,8 +1,9 @@
-"""Building a torch-pruning pruner safely and pruning progressively to a MACs target."""
+"""Building a torch-pruning pruner safely, the step loop both targets prune with, and pruning progressively to a
+MACs target."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -132,34 +133,75 @@ def _forward(model: nn.Module, x: torch.Tensor) -> None:
     model.train(was_training)
 
 
+class StepLoop:
+    """The pruner's schedule one small step at a time, for both targets: `progressive_prune` (a MACs speed-up)
+    and `prune_to_latency` (a measured one). A step calibrates the importance (where the method needs it),
+    prunes, syncs the widths a model caches (ViT hidden_dim) and counts MACs; `on_step(step, budget, speed_up)`
+    is told after every step (progress lines). The loop keeps each step's MACs speed-up and where the pruning
+    history stood, so a model of an earlier step can be rebuilt (`history(step)`)."""
+
+    def __init__(self, model: nn.Module, pruner: tp.pruner.BasePruner, counter: MacCounter, *,
+                 calibrate: Optional[Callable[[], None]] = None,
+                 on_step: Optional[Callable[[int, int, float], None]] = None):
+        self.model, self.pruner, self.counter = model, pruner, counter
+        self.calibrate, self.on_step = calibrate, on_step
+        self.base_macs, self.base_params = counter.count(model)
+        self.speed_ups: List[float] = [1.0]  # the MACs speed-up after each step; [0]: the model as it entered
+        self.history_lengths: List[int] = [0]  # len(pruner.pruning_history()) after each step
+
+    @property
+    def step(self) -> int:
+        return len(self.speed_ups) - 1
+
+    @property
+    def budget(self) -> int:
+        return self.pruner.iterative_steps
+
+    def advance(self) -> float:
+        """One pruning step; the MACs speed-up after it."""
+        if self.calibrate is not None:
+            self.calibrate()
+        self.pruner.step()
+        sync_after_pruning(self.model)  # widths a model caches (ViT hidden_dim) before the next forward
+        self.speed_ups.append(self.base_macs / self.counter.count(self.model)[0])
+        self.history_lengths.append(len(self.pruner.pruning_history()))
+        if self.on_step is not None:
+            self.on_step(self.step, self.budget, self.speed_ups[-1])
+        return self.speed_ups[-1]
+
+    def history(self, step: int) -> list:
+        """The pruning history that gives the model after `step` from the model as it entered."""
+        return self.pruner.pruning_history()[:self.history_lengths[step]]
+
+    def changed(self) -> List[int]:
+        """The steps after which the model differs from the step before (a step that pruned nothing, or
+        rounded a width back to where it was, leaves the same model)."""
+        return [s for s in range(1, self.step + 1) if self.history_lengths[s] != self.history_lengths[s - 1]]
+
+    def finish(self, model: Optional[nn.Module] = None, steps: Optional[int] = None) -> dict:
+        """The result for `model` (default: the pruned model) after `steps` (default: all taken): it runs (else
+        the failure is named here), and its MACs and parameters."""
+        model = self.model if model is None else model
+        self.model.zero_grad(set_to_none=True)
+        _forward(model, self.counter.example_inputs)
+        macs, params = self.counter.count(model)
+        return {"steps": self.step if steps is None else steps, "speed_up": self.base_macs / macs,
+                "base_macs": self.base_macs, "macs": macs, "base_params": self.base_params, "params": params}
+
+
 @explain_failures
 def progressive_prune(model: nn.Module, pruner: tp.pruner.BasePruner, counter: MacCounter, target: float, *,
                       calibrate: Optional[Callable[[], None]] = None, describe: str = "model",
                       on_step: Optional[Callable[[int, int, float], None]] = None) -> dict:
     """Small pruning steps until base MACs / current MACs >= target, or the step budget ends.
     `on_step(step, budget, speed_up)` is called after every step (progress lines)."""
-    base_macs, base_params = counter.count(model)
-    speed_up, step = 1.0, 0
-    if target <= 1.0:  # nothing to remove: the unpruned model already meets the target
-        return {"steps": 0, "speed_up": 1.0, "base_macs": base_macs, "macs": base_macs,
-                "base_params": base_params, "params": base_params}
-    for step in range(1, pruner.iterative_steps + 1):
-        if calibrate is not None:
-            calibrate()
-        pruner.step()
-        sync_after_pruning(model)  # widths a model caches (ViT hidden_dim) before the next forward
-        macs, _ = counter.count(model)
-        speed_up = base_macs / macs
-        if on_step is not None:
-            on_step(step, pruner.iterative_steps, speed_up)
-        if speed_up >= target:
-            break
-    model.zero_grad(set_to_none=True)
-    _forward(model, counter.example_inputs)  # the pruned model runs (else the failure is named here)
-    if speed_up < target:
+    loop = StepLoop(model, pruner, counter, calibrate=calibrate, on_step=on_step)
+    # target <= 1: nothing to remove, the unpruned model already meets it
+    while loop.speed_ups[-1] < target and loop.step < loop.budget:
+        loop.advance()
+    result = loop.finish()
+    if result["speed_up"] < target:
         raise PruningTargetError(
-            f"{describe} reached only {speed_up:.3f}x of the {target}x MACs speed-up after {step} pruning steps; "
-            "raise prune.max_pruning_ratio or prune.iterative_steps, or lower prune.speed_up")
-    macs, params = counter.count(model)
-    return {"steps": step, "speed_up": speed_up, "base_macs": base_macs, "macs": macs,
-            "base_params": base_params, "params": params}
+            f"{describe} reached only {result['speed_up']:.3f}x of the {target}x MACs speed-up after {loop.step} "
+            "pruning steps; raise prune.max_pruning_ratio or prune.iterative_steps, or lower prune.speed_up")
+    return result

@@ -6,13 +6,15 @@ import hashlib
 import importlib.metadata
 import json
 import platform
+from pathlib import Path
+from typing import Dict
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
-from ..config import STAGES
+from ..config import STAGES, RunConfig
 from ..latency.device import cpu_name
 
 
@@ -51,11 +53,10 @@ def chance_warning(acc: float, num_classes: int, what: str, hint: str) -> str | 
             f"{num_classes} classes): the model did not learn; {hint}")
 
 
-def _setup(state) -> dict:
+def _setup(cfg: RunConfig, records: Dict[str, dict]) -> dict:
     """What besides the seed makes this run's numbers what they are, for prune-report's grouping: the config
     every stage up to fine-tuning depended on (the stage hashes' inputs, seed left out), the stages that made
     the model (a skipped sparse_train counts), the base checkpoint and the run it resumed from."""
-    cfg, records = state.cfg, state.records
     not_run = [s for s in STAGES[:-1] if s not in records]  # not selected (stages=[...]); a skip is a record
     # each stage's own config and inputs; the seed and the link to the upstream record (whose hash and
     # checkpoint depend on the seed) left out, so that the seeds of one setup share its key
@@ -67,16 +68,18 @@ def _setup(state) -> dict:
             "base_checkpoint": cfg.base_checkpoint, "resume_from": cfg.resume_from}
 
 
-def build_results(state, final: dict, latency: dict | None) -> dict:
-    cfg, records = state.cfg, state.records
+def build_results(cfg: RunConfig, records: Dict[str, dict], final: dict, latency: dict | None, *, run_dir: Path,
+                  overrides: str, device: torch.device, world_size: int) -> dict:
+    """results.json: the stages' records (pretrain and prune metrics), the final metrics, eval's latency
+    comparison (None: not measured) and where the run ran."""
     base = records["pretrain"]["metrics"]
     pruned = records["prune"]["metrics"]
     return {
-        "run_dir": str(state.run_dir),
+        "run_dir": str(run_dir),
         "choices": {"dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name},
-        "overrides": state.overrides,
+        "overrides": overrides,
         "seed": cfg.seed,
-        "setup": _setup(state),
+        "setup": _setup(cfg, records),
         "base": {k: base[k] for k in ("acc", "macs", "params")},
         "pruned": {k: pruned[k] for k in ("acc", "acc_before_bn_recal", "macs", "params") if k in pruned},
         "final": {k: final[k] for k in ("acc", "macs", "params")},
@@ -89,8 +92,8 @@ def build_results(state, final: dict, latency: dict | None) -> dict:
         "latency": _latency_summary(latency),
         "provenance": {"torch": torch.__version__, "torch_pruning": importlib.metadata.version("torch-pruning"),
                        "prune_runner": __version__, "python": platform.python_version(),
-                       "device": str(state.device), "cpu": cpu_name(), "world_size": state.dist.world_size,
-                       "gpu": torch.cuda.get_device_name(state.device) if state.device.type == "cuda" else None,
+                       "device": str(device), "cpu": cpu_name(), "world_size": world_size,
+                       "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                        **({"timm": importlib.metadata.version("timm")} if cfg.model.name.startswith("timm/") else {})},
     }
 
@@ -126,24 +129,30 @@ def print_results(console: Console, r: dict) -> None:
                       "median: the machine was busy; rerun on an idle machine or raise eval.latency_repeats[/yellow]")
 
 
-def target_summary(cfg, pruned: dict) -> dict:
-    """The prune target: MACs, or latency at a batch, with what the prune stage measured when it stopped."""
+def target_summary(cfg: RunConfig, pruned: dict) -> dict:
+    """The prune target: MACs, or latency at a batch, with what the prune stage measured when it stopped and how
+    the stop was decided ("confirmed clean", or "fallback to prediction": readings too noisy to confirm)."""
     if cfg.prune.target != "latency":
         return {"kind": "macs", "speed_up": cfg.prune.speed_up}
     lat = pruned.get("latency") or {}
     return {"kind": "latency", "speed_up": cfg.prune.speed_up, "batch": cfg.prune.latency_batch,
             **{k: lat.get(k) for k in ("device", "device_name", "dtype", "speed_up_iqr", "noisy", "measurements",
-                                       "measure_s", "prune_s")},
+                                       "measure_s", "prune_s", "predicted_macs_speed_up")},
+            "decided": lat.get("decided", "confirmed clean"),  # records from before the field: confirmed stops
             "reached": lat.get("speed_up")}
 
 
 def target_line(t: dict) -> str:
-    """One line on a latency target: what the prune stage measured when it stopped."""
+    """One line on a latency target: what the prune stage measured when it stopped, and how it decided."""
+    where = f"latency target {t['speed_up']}x at batch {t['batch']} ({t.get('device')}, {t.get('dtype')}): "
+    cost = f"({t.get('measurements')} measurements, {t.get('measure_s') or 0:.1f} s)"
+    if t.get("reached") is None:  # a fallback: no clean reading confirmed the stop
+        predicted = t.get("predicted_macs_speed_up") or float("nan")
+        return (where + f"{t.get('decided')}, at the {predicted:.2f}x MACs speed-up the clean readings predict "
+                + cost + " NOISY")
     iqr = t.get("speed_up_iqr") or [float("nan")] * 2
-    return (f"latency target {t['speed_up']}x at batch {t['batch']} ({t.get('device')}, {t.get('dtype')}): "
-            f"{t.get('reached', float('nan')):.2f}x [{iqr[0]:.2f}-{iqr[1]:.2f}] when pruning stopped "
-            f"({t.get('measurements')} measurements, {t.get('measure_s', 0):.1f} s)"
-            + (" NOISY" if t.get("noisy") else ""))
+    return (where + f"{t['reached']:.2f}x [{iqr[0]:.2f}-{iqr[1]:.2f}] when pruning stopped, "
+            f"{t.get('decided', 'confirmed clean')} {cost}" + (" NOISY" if t.get("noisy") else ""))
 
 
 def _latency_part(lat: dict, key: str) -> str:

@@ -1,6 +1,7 @@
 """One run: its stages, the run directory that holds them, and resuming.
 
-pipeline.py     the stage loop: each configured stage is done, reused from the cache, or run
+pipeline.py     the stage loop: the run directory says what each stage needs, the stage functions compute it
+rundir.py       the run directory's one owner: done, reused, skipped or run; adopt, publish, commit
 stages.py       the stage functions (pretrain, sparse_train, prune, finetune, eval) over the run state
 state.py        the run state the stages share
 records.py      a stage's folder, its completion record, and the stage cache across runs

@@ -8,8 +8,9 @@ has the SHA-256 it records. The record's hash covers what determines the stage's
   - the upstream record the stage actually consumed: its hash and its checkpoint's SHA-256.
 So a stage whose upstream was redone, skipped or taken from another run gets another hash.
 
-The stage cache keeps finished stages as immutable entries under `<out_root>/.stage_cache/`,
-one folder per (stage, hash), whose files are hard links (or copies) of the outputs. Re-running
+A stage writes its files into its own folder; the run directory (rundir.py) links them up to its
+top. The stage cache keeps finished stages as immutable entries under `<out_root>/.stage_cache/`,
+one folder per (stage, hash), whose files are hard links (or copies) of the stage folder's. Re-running
 or overwriting the run that produced an entry replaces that run's files by rename, so the entry,
 and every run that took its files from it, keeps the old content.
 """
@@ -30,7 +31,9 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .files import atomic_write_json, read_json
 from .locks import wait_for
 
-RECORD_FORMAT = 2  # records of format 1 hashed config text only; they are redone, never trusted
+# records of format 1 hashed config text only, so nothing says whether their config is this one: a run dir
+# holding one is refused like a changed config (RunDir.check), and resume=overwrite redoes it
+RECORD_FORMAT = 2
 
 # Config keys each stage depends on; upstream stages enter through the chained upstream record.
 STAGE_KEYS: Dict[str, List[str]] = {
@@ -38,7 +41,8 @@ STAGE_KEYS: Dict[str, List[str]] = {
                  "dataset.train_limit", "schedule.pretrain", "seed"],
     "sparse_train": ["method.name", "method.reg", "method.reg_warmup", "method.alpha", "method.delta_reg",
                      "method.reg_update_every", "schedule.sparse_train", "seed"],
-    "prune": ["method.name", "method.global_pruning", "method.normalizer", "method.calib_batches", "prune", "seed"],
+    "prune": ["method.name", "method.global_pruning", "method.normalizer", "method.importance_batches", "prune",
+              "seed"],
     "finetune": ["schedule.finetune", "seed"],
     "eval": ["eval", "export"],
 }
@@ -47,9 +51,11 @@ TRAINING_STAGES = ("pretrain", "sparse_train", "finetune")  # their result depen
 # behaves as before they existed: the stages of those runs stay finished
 UNHASHED_DEFAULTS = {"prune.target": "macs", "eval.latency_dtype": None}
 NO_REGULARIZER = "skipped: the method has no regularizer"
-# files a stage leaves at the top of the run dir; kept in the stage folder (and the cache) too,
-# so a finished or reused stage can always put them back
-ARTIFACTS: Dict[str, List[str]] = {"prune": ["sparsity.png"], "eval": ["results.json"]}
+RESULTS, EXPORT = "results.json", "export"  # eval's results (they name the run) and its exported models
+# files (or folders) a stage writes into its own folder besides its checkpoint; the run dir links them up to
+# its top (in this order: results name the exported files), and a cache entry keeps them, so a finished or
+# reused stage can always put them back
+ARTIFACTS: Dict[str, List[str]] = {"prune": ["sparsity.png"], "eval": [EXPORT, RESULTS]}
 
 
 @dataclass(frozen=True)
@@ -166,22 +172,36 @@ def problem_with(record: dict) -> Optional[str]:
     return None
 
 
+def _link_file(src: str, dst: str) -> None:
+    """A hard link where the filesystem allows, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copyfile(src, dst)
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
-    """Put `src`'s content at `dst` atomically: a hard link where the filesystem allows, else a copy."""
+    """Put `src`'s content (a file, or a folder of files) at `dst` atomically, its files hard-linked where
+    the filesystem allows, else copied."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
     if src.is_dir():
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
+        shutil.copytree(src, tmp, copy_function=_link_file)
         shutil.rmtree(dst, ignore_errors=True)
         os.replace(tmp, dst)
         return
-    try:
-        os.link(src, tmp)
-    except OSError:  # another filesystem, or one without hard links
-        shutil.copyfile(src, tmp)
+    tmp.unlink(missing_ok=True)
+    _link_file(str(src), str(tmp))
     os.replace(tmp, dst)
+
+
+def same_files(a: Path, b: Path) -> bool:
+    """Whether `b` already is `a`: the same file, or a folder of the same files (hard links)."""
+    if a.is_dir() and b.is_dir():
+        names = sorted(p.name for p in a.iterdir())
+        return names == sorted(p.name for p in b.iterdir()) and all(same_files(a / n, b / n) for n in names)
+    return a.is_file() and b.is_file() and os.path.samefile(a, b)
 
 
 class StageDir:
@@ -218,21 +238,15 @@ class StageDir:
         and a record whose checkpoint does not match it is noticed (problem_with) and redone."""
         sha = save_checkpoint(self.checkpoint_path, payload)
         size = self.checkpoint_path.stat().st_size
-        record = self._record(stage_config, self.checkpoint_path, sha, size, metrics, log, "own")
-        self.keep_artifacts()
-        self._write(record)
+        record = self._write(self._record(stage_config, self.checkpoint_path, sha, size, metrics, log, "own"))
         for f in self.path.glob("epoch_*"):
             f.unlink(missing_ok=True)
         return record
 
-    def pass_through(self, upstream: dict, stage_config: dict, metrics: dict, log: list, write: bool = True) -> dict:
+    def pass_through(self, upstream: dict, stage_config: dict, metrics: dict, log: list) -> dict:
         """Finish a stage whose output is its input model: the record points at the upstream checkpoint."""
-        record = self._record(stage_config, upstream["checkpoint"], upstream["sha256"], upstream["size"], metrics, log,
-                              "upstream")
-        if write:  # rank 0 only under DDP
-            self.keep_artifacts()
-            self._write(record)
-        return record
+        return self._write(self._record(stage_config, upstream["checkpoint"], upstream["sha256"], upstream["size"],
+                                        metrics, log, "upstream"))
 
     def adopt(self, source: dict, source_dir: Path, stage_config: dict, upstream: Optional[dict]) -> dict:
         """Take a finished stage from the cache or another run: its files are linked or copied in, so
@@ -249,20 +263,9 @@ class StageDir:
                                    source.get("log", []), source["output"]), reused_from=source["source"])
         return self._write(record)
 
-    def keep_artifacts(self) -> None:
-        """Copy the stage's files at the top of the run dir into the stage folder."""
-        for name in ARTIFACTS.get(self.stage, []):
-            top = self.run_dir / name
-            if top.exists():
-                link_or_copy(top, self.path / name)
-
-    def publish_artifacts(self, rewrite: Callable[[str, Path], None]) -> None:
-        """Put the stage's files back at the top of the run dir where they are missing.
-        `rewrite(name, path)` writes a file whose content names the run (results.json)."""
-        for name in ARTIFACTS.get(self.stage, []):
-            kept = self.path / name
-            if kept.exists():
-                rewrite(name, kept)
+    def artifacts(self) -> Dict[str, Path]:
+        """name -> path of the files this stage wrote into its folder besides its checkpoint."""
+        return {name: self.path / name for name in ARTIFACTS.get(self.stage, []) if (self.path / name).exists()}
 
     def remove_temp_files(self) -> None:
         for f in self.path.glob(".*.tmp"):
@@ -329,14 +332,14 @@ class StageCache:
         folder = self.entry(stage, stage_hash)
         if folder.is_dir():
             return
+        self._remove_stale_temp()
         tmp = self.root / f".{folder.name}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         if record["output"] == "own":
             link_or_copy(stage_dir.checkpoint_path, tmp / "checkpoint.pt")
-        for name in ARTIFACTS.get(stage, []):
-            if (stage_dir.path / name).exists():
-                link_or_copy(stage_dir.path / name, tmp / name)
+        for name, path in stage_dir.artifacts().items():
+            link_or_copy(path, tmp / name)
         atomic_write_json(tmp / "done.json", record)
         try:
             os.rename(tmp, folder)
@@ -355,7 +358,7 @@ class StageCache:
             return
         shutil.rmtree(trash, ignore_errors=True)
 
-    def remove_stale_temp(self) -> None:
+    def _remove_stale_temp(self) -> None:
         """Temp folders of processes that no longer exist (killed while storing an entry)."""
         for tmp in self.root.glob(".*.tmp"):
             pid = tmp.name.split(".")[-2] if tmp.name.count(".") >= 3 else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -13,7 +14,7 @@ import torch
 from ..config import STAGES, StageSchedule
 from ..data.base import stream_seed
 from ..export import export_model
-from ..latency.dtype import as_deployed, latency_inputs, resolve_latency_dtype
+from ..latency.dtype import as_deployed, latency_env, resolve_latency_dtype
 from ..latency.meter import MAX_SPREAD, compare_latency
 from ..models import build_model, get_model_spec
 from ..pruning import (
@@ -30,10 +31,16 @@ from ..pruning import (
     regularizer_from_config,
     resolve_round_to,
 )
+from ..pruning.weight_scale import restore_weight_scale
 from ..report import build_results, chance_threshold, chance_warning, plot_importance, print_results
 from ..tracking.progress import stage_progress
-from ..train.bn_recal import batches_for, recalibrate_bn, restore_weight_scale
-from ..train.bn_stats import batchnorms, recalibrate_batchnorms, slow_batchnorms
+from ..train.batchnorm import (
+    EPOCH_BN_STATS_BATCHES,
+    batchnorms,
+    reestimate_batchnorms,
+    slow_batchnorms,
+    training_batches,
+)
 from ..train.distill import Distiller
 from ..train.loop import evaluate, make_optimizer, make_scheduler, train_epoch
 from .distributed import barrier, wrap_ddp
@@ -120,7 +127,7 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
         train_model = torch.compile(train_model)
     data_seed = stream_seed(cfg.seed, STAGES.index(run.name))  # distinct shuffles per stage, fixed per seed
     # re-estimated before each validation: slow ones (momentum 0.01) lag far behind in a short schedule, and
-    # under a regularizer the shrinking weights outrun every running average (bn_stats.py)
+    # under a regularizer the shrinking weights outrun every running average (train/batchnorm.py)
     stale_bn = batchnorms(model) if regularizer is not None else slow_batchnorms(model)
     last: dict = {}
     with stage_progress(state.console, cfg.progress and state.dist.is_main, run.name, sched.epochs, start) as bar:
@@ -139,8 +146,8 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
             if on_epoch_end is not None:
                 on_epoch_end()
             if stale_bn:
-                recalibrate_batchnorms(model, stale_bn, data.train_batches(sched.batch_size, epoch, data_seed),
-                                       state.fast, state.device)
+                bn_batches = islice(data.train_batches(sched.batch_size, epoch, data_seed), EPOCH_BN_STATS_BATCHES)
+                reestimate_batchnorms(model, bn_batches, state.device, state.fast, layers=stale_bn)
             val = evaluate(model, data.eval_batches(EVAL_BATCH), state.device, state.fast)
             last.update(val_acc=val["acc"], val_loss=val["loss"])
             if regularizer is not None:
@@ -152,8 +159,9 @@ def fit(state: RunState, run: StageRun, sched: StageSchedule, regularizer=None,
                            "rng": _rng_state()}
                 run.dir.save_epoch(epoch, payload, run.hash)
             barrier(state.dist)
-            bar.epoch_done(f"{run.name} epoch {epoch + 1}/{sched.epochs}: loss {last['loss']:.4f} "
-                           f"val acc {val['acc']:.4f} lr {last['lr']:.4g}")
+            bar.epoch_done()
+            state.say(f"{run.name} epoch {epoch + 1}/{sched.epochs}: loss {last['loss']:.4f} "  # with or without bars
+                      f"val acc {val['acc']:.4f} lr {last['lr']:.4g}")
     return last
 
 
@@ -224,9 +232,9 @@ def prune(state: RunState, run: StageRun):
     example = state.data.example_input(1)
     pruner = _pruner(state)
     if state.dist.is_main:
-        _plot_importance(state, pruner)
+        _plot_importance(state, pruner, run.dir.path / "sparsity.png")
     calibrate = None
-    calib = list(state.data.calib_batches(64, cfg.method.calib_batches, cfg.seed))
+    calib = list(state.data.calib_batches(64, cfg.method.importance_batches, cfg.seed))
     if state.spec.calibration == "grad":
         def calibrate():
             model.eval()
@@ -247,7 +255,11 @@ def prune(state: RunState, run: StageRun):
 
     describe = f"model {cfg.model.name} with method {cfg.method.name}"
     if cfg.prune.target == "latency":  # may step back to an earlier, rebuilt model (a stop past the need)
-        result = prune_to_latency_in_run(state, model, pruner, calibrate, describe, on_step)
+        result = prune_to_latency_in_run(
+            model, pruner, example, cfg.prune.speed_up, device=state.device, batch=cfg.prune.latency_batch,
+            dtype=resolve_latency_dtype(cfg.eval.latency_dtype, state.device), num_classes=state.num_classes,
+            input_size=state.input_size, to_device=state.to_device, calibrate=calibrate, describe=describe,
+            on_step=on_step, say=state.say)
         model, history = result.pop("model"), result.pop("history")
     else:
         result = progressive_prune(model, pruner, MacCounter(model, example), cfg.prune.speed_up,
@@ -255,11 +267,11 @@ def prune(state: RunState, run: StageRun):
         history = pruner.pruning_history()
     state.history = state.history + [tuple(h) for h in history]
     state.model = state.to_device(model)  # pruned layers are new Parameters: keep device and memory format
-    stale = measure(state, state.model) if cfg.prune.bn_recalibration_batches > 0 else None
+    stale = measure(state, state.model) if cfg.prune.bn_stats_batches > 0 else None
     if stale is not None:
-        batches = batches_for(state.data, cfg.schedule.finetune.batch_size, cfg.prune.bn_recalibration_batches,
-                              seed=stream_seed(cfg.seed, len(STAGES)))  # a stream no training stage draws
-        used = recalibrate_bn(state.model, batches, state.device, state.fast)
+        batches = training_batches(state.data, cfg.schedule.finetune.batch_size, cfg.prune.bn_stats_batches,
+                                   seed=stream_seed(cfg.seed, len(STAGES)))  # a stream no training stage draws
+        used = reestimate_batchnorms(state.model, batches, state.device, state.fast)
     settled = restore_weight_scale(state.model, example) if cfg.prune.restore_weight_scale else None
     metrics = measure(state, state.model)
     acc_line = f"acc before fine-tuning {metrics['acc']:.4f}"
@@ -278,7 +290,7 @@ def prune(state: RunState, run: StageRun):
     return metrics, state.payload()
 
 
-def _plot_importance(state: RunState, pruner) -> None:
+def _plot_importance(state: RunState, pruner, path: Path) -> None:
     """sparsity.png: before pruning, the per-channel magnitudes of what the method's regularizer drives to
     zero (BN scales for slim / group_slim), or group L2 norms for a method without one."""
     name = state.spec.regularizer
@@ -288,7 +300,7 @@ def _plot_importance(state: RunState, pruner) -> None:
             values, what = regularizer.sparsity_values(), regularizer.SPARSIFIES
         else:
             values, what = channel_group_norms(pruner), Regularizer.SPARSIFIES
-        plot_importance(values.detach().float().cpu(), state.run_dir / "sparsity.png",
+        plot_importance(values.detach().float().cpu(), path,
                         title=f"{state.cfg.method.name}: {what} before pruning")
     except Exception as err:  # a plot must never fail a run
         state.say(f"[yellow]sparsity.png not written: {err}[/yellow]")
@@ -321,7 +333,7 @@ def evaluate_stage(state: RunState, run: StageRun):
         shape = (3, state.input_size, state.input_size)
         sizes = sorted({1, cfg.eval.latency_batch} | ({cfg.prune.latency_batch} if cfg.prune.target == "latency"
                                                       else set()))
-        env = latency_inputs(state)  # the device's name and the deployed precision
+        env = latency_env(state.device, cfg.eval.latency_dtype)  # the device's name and the deployed precision
         # base and final forwards alternate within one measurement: a load that changes meanwhile hits both
         latency = {"device": state.device.type, "device_name": env["device"], "dtype": env["latency_dtype"],
                    "batch_sizes": sizes, "max_spread": MAX_SPREAD,
@@ -329,11 +341,12 @@ def evaluate_stage(state: RunState, run: StageRun):
                                               as_deployed(model, env["latency_dtype"]), shape, state.device, sizes,
                                               repeats=cfg.eval.latency_repeats)}
         del base_model
-    results = build_results(state, final, latency)
+    results = build_results(cfg, state.records, final, latency, run_dir=state.run_dir, overrides=state.overrides,
+                            device=state.device, world_size=state.dist.world_size)
     if cfg.export:
-        paths = export_model(model.eval(), state.data.example_input(1), list(cfg.export), state.run_dir / "export")
+        paths = export_model(model.eval(), state.data.example_input(1), list(cfg.export), run.dir.path / "export")
         results["export"] = {k: str(v) for k, v in paths.items()}
-    atomic_write_json(state.run_dir / "results.json", results)
+    atomic_write_json(run.dir.path / "results.json", results)  # the run dir links it up to its top
     print_results(state.console, results)
     return {**final, "speed_up": results["speed_up"]}, None
 

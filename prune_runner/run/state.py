@@ -34,7 +34,7 @@ class RunState:
     model: Optional[nn.Module] = None
     history: list = field(default_factory=list)  # torch-pruning pruning history of `model`
     pending: Optional[tuple] = None  # (checkpoint path, sha256) to load when a stage needs the model
-    records: Dict[str, dict] = field(default_factory=dict)  # finished stage -> completion record
+    records: Dict[str, dict] = field(default_factory=dict)  # finished stage -> completion record (see keep)
     overrides: str = ""  # the key command-line overrides that name the run (for reports)
     base_sha: Optional[str] = None  # SHA-256 of base_checkpoint, hashed into pretrain and checked on load
 
@@ -49,11 +49,13 @@ class RunState:
     def warn(self, text: str) -> None:
         self.say(f"[yellow]{text}[/yellow]")
 
-    def use_record(self, stage: str, record: dict) -> None:
-        """A finished stage: its checkpoint becomes the model, loaded when next needed."""
+    def keep(self, stage: str, record: dict, load: bool) -> None:
+        """A finished stage's record (the one way `records` is written, by run/rundir.py). With `load`, its
+        checkpoint becomes the model, loaded when next needed; without, the model in memory already is it."""
         self.records[stage] = record
-        self.pending = (Path(record["checkpoint"]), record["sha256"])
-        self.model = None
+        if load:
+            self.pending = (Path(record["checkpoint"]), record["sha256"])
+            self.model = None
 
     def load(self, path: Path, sha: Optional[str] = None) -> nn.Module:
         ckpt = load_checkpoint(path, expected_sha=sha)

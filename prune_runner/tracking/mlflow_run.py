@@ -43,6 +43,7 @@ RECORD = "mlflow.json"  # in the run dir: which MLflow run this is, and which ep
 ARTIFACTS = ("results.json", "config.json", "metrics.jsonl", "sparsity.png")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 BATCH = 500  # metrics per log_batch call (MLflow accepts up to 1000)
+NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"  # MLflow's error code for a run the store does not have
 
 
 def check_installed() -> None:
@@ -109,22 +110,37 @@ class MlflowTracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         experiment_id = self._experiment()
         record = self._record()
-        if record.get("tracking_uri") == self.uri and record.get("params_sha") == self.params_sha:
-            try:
-                run = self.client.get_run(record["run_id"])
-                if run.info.lifecycle_stage == "active":
-                    self.run_id = run.info.run_id
-                    self.logged = set(record.get("logged", []))
-                    self.results_sha = record.get("results_sha")
-                    self.client.update_run(self.run_id, status="RUNNING")
-            except Exception:
-                self.run_id = None  # deleted, or another store: a new run
+        same_store_and_params = record.get("tracking_uri") == self.uri and record.get("params_sha") == self.params_sha
+        if same_store_and_params and record.get("run_id"):
+            self._continue(record)
         if self.run_id is None:
             tags = {"run_dir": str(self.run_dir.absolute()), "prune_runner.overrides": self.name}
             self.run_id = self.client.create_run(experiment_id, run_name=self.name, tags=tags).info.run_id
             self.logged, self.results_sha = set(), None
             self._log_params()
         self._save_record(results_sha=self.results_sha)
+
+    def _continue(self, record: dict) -> None:
+        """Continue the MLflow run that RECORD names. A run the store no longer has, or one deleted there, is one
+        warning line and a new run; any other error fails the start (_guard: logging off, one warning)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(record["run_id"])
+        except MlflowException as err:
+            if err.error_code != NOT_FOUND:
+                raise
+            self.warn(f"warning: MLflow run {record['run_id']} (named in {RECORD}) is not in the store at {self.uri}; "
+                      "logging to a new MLflow run")
+            return
+        if run.info.lifecycle_stage != "active":
+            self.warn(f"warning: MLflow run {record['run_id']} (named in {RECORD}) was deleted at {self.uri}; "
+                      "logging to a new MLflow run")
+            return
+        self.run_id = run.info.run_id
+        self.logged = set(record.get("logged", []))
+        self.results_sha = record.get("results_sha")
+        self.client.update_run(self.run_id, status="RUNNING")
 
     def _experiment(self) -> str:
         name = self.cfg.mlflow.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT

@@ -1,4 +1,8 @@
-"""Rich progress bars for epochs and steps (rank 0 only; silent when disabled)."""
+"""Rich progress bars for epochs and steps (rank 0 only; `progress=false` turns them off).
+
+The bars only: each epoch's line (loss, validation accuracy, lr) is the training loop's to print, and it
+prints with or without bars, so a SLURM log or a piped run shows its progress too.
+"""
 
 from __future__ import annotations
 
@@ -25,11 +29,9 @@ class StageProgress:
             yield item
             self._p.advance(self._steps)
 
-    def epoch_done(self, text: str = "") -> None:
+    def epoch_done(self) -> None:
         if self._p is not None:
             self._p.advance(self._epochs)
-            if text:
-                self._p.console.print(text)
 
 
 @contextmanager

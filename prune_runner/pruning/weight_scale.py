@@ -1,68 +1,20 @@
-"""BatchNorm recalibration after pruning (adaptive BN, EagleEye, Li et al. 2020).
+"""The weight scale of a sparse-trained, pruned model, restored before fine-tuning (prune.restore_weight_scale).
 
-Pruning removes channels, so the layers after a pruned one see inputs whose statistics differ from
-what their BatchNorm running mean and variance were estimated on. Those stale statistics, not lost
-capacity, cause most of the accuracy collapse right after pruning. Re-estimating them on a few training
-batches, with no weight update, costs a few forward passes and changes nothing but the BN buffers.
+Sparse training shrinks the filters that survive pruning, and leaves channels that the MACs target kept at
+near-zero weights; both wreck the first fine-tuning steps (restore_weight_scale says why). Rescaling the
+filters that feed a BatchNorm changes no eval output.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Iterator
-
 import torch
 import torch.nn as nn
 
-from .loop import Fast
-
 _BN = nn.modules.batchnorm._BatchNorm
 
-
-def batches_for(data, batch_size: int, n: int, seed: int) -> Iterator:
-    """`n` training batches (augmented as in training), over as many epochs' streams as needed."""
-    def stream():
-        for epoch in itertools.count():
-            yield from data.train_batches(batch_size, epoch, seed)
-
-    return itertools.islice(stream(), n)
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable, device: torch.device, fast: Fast) -> int:
-    """Reset every BatchNorm's running stats and re-estimate them as the plain average over `batches`.
-
-    Only the BN layers switch to train mode (dropout and the rest stay in eval mode, so the statistics
-    are those of the eval-time forward); momentum=None makes the running stats the cumulative average,
-    so the result does not depend on the layer's momentum (torchvision's mobilenet_v3 uses 0.01, which
-    would need hundreds of batches to forget the old stats). Returns the number of batches used.
-    """
-    bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
-    if not bns:
-        return 0
-    was_training = model.training
-    momenta = [m.momentum for m in bns]
-    model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch weighs the same
-        m.train()
-    used = 0
-    try:
-        for x, _ in batches:
-            if fast.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with fast.autocast(device):
-                model(x)
-            used += 1
-    finally:
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-        model.train(was_training)
-    return used
-
-
 DEAD_VAR = 1e-6  # dead channel: variance below this many eps; its normalized output is under sqrt(1e-6) = 1e-3
+# a dead channel's scale is 0: dividing by at least this keeps its (unused, masked) BN weight factor finite
+SCALE_FLOOR = 1e-30
 
 
 @torch.no_grad()
@@ -122,7 +74,7 @@ def restore_weight_scale(model: nn.Module, example: torch.Tensor) -> dict:
         scale = torch.where(live, 1.0 / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.ones_like(norms))
         scale = torch.where(dead, torch.zeros_like(scale), scale)
         # BN's eps does not scale with the filter: this factor on the BN weight keeps eval outputs exact
-        keep = torch.sqrt(scale * scale * var + bn.eps) / (scale.clamp_min(1e-30) * torch.sqrt(var + bn.eps))
+        keep = torch.sqrt(scale * scale * var + bn.eps) / (scale.clamp_min(SCALE_FLOOR) * torch.sqrt(var + bn.eps))
         w.mul_(scale.view(-1, *([1] * (w.dim() - 1))))
         if layer.bias is not None:
             layer.bias.mul_(scale)

@@ -1,0 +1,256 @@
+"""Before any training: can torch-pruning take this model apart with this method, in bounded time?
+
+torch-pruning's dependency search can loop without end on some architectures (timm's efficientvit_m0: its
+memory grows by 1 to 3 GB a minute), which a run would only meet after pretraining. So before the first
+stage, a throwaway copy of the model goes through what the pruning stages will do, under a time limit
+(prune.preflight_s, seconds): the pruner's dependency graph and groups, the regularizer's plan, one pruning
+step (with the method's calibration) and a forward of the pruned copy. A model that does not get through, in
+time and within a memory budget, is refused with one line naming the model, the method and where it stopped.
+
+How the limit interrupts: a watchdog on SIGALRM (a repeating real-time timer) raises an exception in the
+main thread. A hang inside torch-pruning is pure Python looping, so the handler runs between two of its
+bytecodes, and the exception unwinds its frames, which frees all it built. Every way the pipeline runs calls
+it in the main thread: a plain run, Hydra's multirun jobs, pytest-xdist workers, each torchrun rank (where
+rank 0 alone checks and broadcasts the outcome, so all ranks stop or go on together). A forked child was
+the other choice: it would be killed without trace, but a fork of a process whose OpenMP pool or CUDA
+context is live can deadlock or cannot use the GPU, and a spawned one imports torch again (seconds) for
+every run of the test suite. Off the main thread (an embedding program's worker thread) there is no
+signal handler to install, and the check runs without a limit, as the pruning stages themselves would.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import signal
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, List, Optional
+
+import torch
+import torch.nn as nn
+
+from ..config import STAGES
+from ..errors import UserError
+from ..latency.dtype import resolve_latency_dtype
+from ..models import build_model
+from ..models.support import ModelNotSupportedError
+from ..run.distributed import broadcast_object
+from .hints import sync_after_pruning
+from .methods import MethodSpec
+from .progressive import ObdcCalibration, build_pruner, grad_calibration
+from .regularizers import regularizer_from_config
+from .round_to import resolve_round_to
+from .timm_hints import failed_layer
+
+if TYPE_CHECKING:  # the run state is the pipeline's; this module only reads it
+    from ..run.state import RunState
+
+# how often the watchdog looks at the clock and the memory, in seconds: the overshoot past the limit, and
+# the memory a runaway search (up to about 50 MB/s) adds before it is stopped
+POLL_S = 0.25
+# memory the check may add beyond MODEL_COPIES copies of the model's parameters, in bytes: the traced
+# graph's Python objects and one forward's activations stay well below this for every model of the zoo
+MEMORY_HEADROOM = 2 << 30
+# the model copies the check holds at most: the trial copy, its gradients (taylor / obdc) and a pruning
+# step's new tensors beside the old ones, plus one to spare
+MODEL_COPIES = 4
+PRUNING_STAGES = ("sparse_train", "prune")  # the stages that build a pruner (sparse_train: its regularizer)
+
+PHASE_GRAPH = "torch-pruning 1.6.1's dependency graph"
+PHASE_PLAN = "the regularizer's plan"
+PHASE_STEP = "the trial pruning step"
+
+
+class _Stopped(BaseException):
+    """Raised by the watchdog inside torch-pruning's code: a BaseException, so that no `except Exception`
+    on the way up can swallow it."""
+
+    def __init__(self, why: str, advice: str):
+        super().__init__(why)
+        self.why, self.advice = why, advice
+
+
+def _rss_bytes() -> Optional[int]:
+    """This process's resident memory, or None where /proc is missing (the memory bound is then off)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Watchdog:
+    """Stops the check past `limit_s` seconds, or once it has added `memory_budget` bytes of resident memory.
+    `poll()` is what the timer calls; `clock` and `rss` are the real ones outside tests."""
+
+    limit_s: float
+    memory_budget: int
+    clock: Callable[[], float] = time.monotonic
+    rss: Callable[[], Optional[int]] = _rss_bytes
+    started: float = field(init=False, default=0.0)
+    rss_at_start: Optional[int] = field(init=False, default=None)
+    armed: bool = field(init=False, default=False)  # poll() raises only while the work runs
+
+    def start(self) -> None:
+        self.started, self.rss_at_start, self.armed = self.clock(), self.rss(), True
+
+    def poll(self) -> None:
+        """Raise _Stopped past the limits, at every call until the work has returned: a stop raised where
+        Python only prints it (a __del__ the collector runs) is raised again at the next poll."""
+        if not self.armed:
+            return
+        if self.clock() - self.started > self.limit_s:
+            raise _Stopped(f"did not finish within {self.limit_s:g} s (prune.preflight_s)",
+                           "if it is only slow, raise prune.preflight_s; else try another method or model")
+        grown = None if self.rss_at_start is None else (self.rss() or 0) - self.rss_at_start
+        if grown is not None and grown > self.memory_budget:
+            raise _Stopped(f"used more than {self.memory_budget / 2**30:.1f} GiB of memory",
+                           "try another method or model")
+
+    def _on_signal(self, signum, frame) -> None:
+        if frame is not None and frame.f_code is Watchdog.run.__code__:
+            return  # in run() itself: the work has returned or is unwinding, and the timer is being stopped
+        self.poll()
+
+    def run(self, work: Callable[[], None]) -> None:
+        """`work()` in the main thread with the timer armed; elsewhere without a limit (see the docstring)."""
+        self.start()
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+            work()
+            return
+        previous = signal.signal(signal.SIGALRM, self._on_signal)
+        try:
+            outer = signal.setitimer(signal.ITIMER_REAL, POLL_S, POLL_S)
+            try:
+                work()
+            finally:
+                self.armed = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            if previous is not None:  # None: a handler set outside Python, which Python cannot put back
+                signal.signal(signal.SIGALRM, previous)
+            if outer[0] > 0:  # someone else's alarm was running: it goes on, less the time spent here
+                signal.setitimer(signal.ITIMER_REAL, max(outer[0] - (self.clock() - self.started), POLL_S),
+                                 outer[1])
+
+
+def _parameter_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def check_prunable(model: nn.Module, example_inputs: torch.Tensor, spec: MethodSpec, num_classes: int, *,
+                   describe: str, limit_s: float, method_config, pruner_options: dict,
+                   watchdog: Optional[Watchdog] = None) -> None:
+    """Take `model` through the pruning stages' torch-pruning work, or raise ModelNotSupportedError with one line
+    naming `describe` ("model X with method Y") and where it stopped. `model` is pruned by one step: give a copy
+    (a run gives a fresh build). `pruner_options` are build_pruner's keyword arguments as the run gives them;
+    `method_config` is the run's MethodConfig (the regularizer's options)."""
+    trial = model.cpu().eval()
+    x = example_inputs[:1].detach().cpu()
+    watchdog = watchdog or Watchdog(limit_s, MEMORY_HEADROOM + MODEL_COPIES * _parameter_bytes(trial))
+    phase = [PHASE_GRAPH]
+
+    def work() -> None:
+        pruner = build_pruner(trial, x, spec, num_classes, **pruner_options)
+        if spec.regularizer is not None:  # sparse_train's regularizer; the prune stage plots its values too
+            phase[0] = PHASE_PLAN
+            regularizer_from_config(spec.regularizer, trial, pruner, method_config)
+        phase[0] = PHASE_STEP
+        _trial_step(trial, pruner, spec, num_classes, x)
+
+    stopped, grad_enabled = None, torch.is_grad_enabled()
+    try:
+        with warnings.catch_warnings():  # torch-pruning's warnings come again from the stage that prunes
+            warnings.simplefilter("ignore")
+            watchdog.run(work)
+    except _Stopped as stop:  # the message only: the exception's frames hold all the search built
+        stopped = f"{describe} cannot be pruned: {phase[0]} {stop.why}; {stop.advice}"
+    except ModelNotSupportedError:
+        raise  # a timm model's failure, already one line naming the layer (timm_hints.explain_failures)
+    except Exception as err:
+        text = " ".join(str(err).split())[:200]
+        raise ModelNotSupportedError(
+            f"{describe} cannot be pruned: {phase[0]} fails at layer {failed_layer(trial, err)} "
+            f"({type(err).__name__}: {text}); try another method or model") from err
+    if stopped is not None:
+        torch.set_grad_enabled(grad_enabled)  # in case the stop landed in a no_grad block's exit
+        trial = model = None  # what the interrupted search built around the model (reference cycles), freed now
+        gc.collect()
+        raise ModelNotSupportedError(stopped)
+
+
+def _trial_step(model: nn.Module, pruner, spec: MethodSpec, num_classes: int, x: torch.Tensor) -> None:
+    """One pruning step as the prune stage takes it (calibration first), then a forward of the pruned model."""
+    batch = [(x, torch.zeros(len(x), dtype=torch.long))]  # scores need gradients, not a meaningful loss
+    if spec.calibration == "grad":
+        grad_calibration(model, batch)
+    elif spec.calibration == "obdc":
+        ObdcCalibration(pruner, seed=0)(model, batch)
+    pruner.step()
+    sync_after_pruning(model)
+    with torch.no_grad():
+        model(x)
+
+
+def stages_to_check(cfg, spec: MethodSpec, run_dir: Path) -> List[str]:
+    """The stages of this run that will build a pruner: configured; not taken from another run (resume_from
+    names the last one taken); not finished in `run_dir` under resume=auto (a record there shows this model was
+    pruned with this method before: a changed model or method is refused before this point); and sparse_train
+    only when the method has a regularizer."""
+    taken = STAGES[: STAGES.index(Path(cfg.resume_from).name) + 1] if cfg.resume_from else ()
+    stages = [s for s in PRUNING_STAGES if s in cfg.stages and s not in taken]
+    if spec.regularizer is None:
+        stages = [s for s in stages if s != "sparse_train"]
+    if cfg.resume == "auto":
+        stages = [s for s in stages if not (Path(run_dir) / s / "done.json").is_file()]
+    return stages
+
+
+def preflight_run(state: RunState) -> None:
+    """The pre-flight check of a run, after its run dir is checked and before its first stage: skipped when no
+    stage that builds a pruner will run, or prune.preflight_s is 0. Under DDP rank 0 checks and every rank
+    raises the same one line."""
+    cfg = state.cfg
+    if cfg.prune.preflight_s <= 0 or not stages_to_check(cfg, state.spec, state.run_dir):
+        return
+    refusal = None
+    if state.dist.is_main:
+        try:
+            _check_run(state)
+        except UserError as err:
+            if not state.dist.enabled:
+                raise
+            refusal = str(err)
+    refusal = broadcast_object(state.dist, refusal)
+    if refusal is not None:
+        raise ModelNotSupportedError(refusal)
+
+
+def _check_run(state: RunState) -> None:
+    """check_prunable on the model the run starts from (base_checkpoint's, else a fresh one: the graph depends on
+    the architecture only, so never pretrained weights, which could mean a download), with the run's pruner
+    settings. The global random generators are left as they were: the run's results do not change."""
+    cfg = state.cfg
+    python_rng = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        if cfg.base_checkpoint:
+            model, _ = state.load(Path(cfg.base_checkpoint), state.base_sha)
+        else:
+            model = build_model(cfg.model.name, state.num_classes, False, input_size=state.input_size)
+        round_to = resolve_round_to(cfg.prune.round_to, state.device,
+                                    resolve_latency_dtype(cfg.eval.latency_dtype, state.device))
+        options = dict(steps=cfg.prune.iterative_steps, max_pruning_ratio=cfg.prune.max_pruning_ratio,
+                       global_pruning=cfg.method.global_pruning, round_to=round_to,
+                       normalizer=cfg.method.normalizer)
+        try:
+            check_prunable(model, state.data.example_input(1), state.spec, state.num_classes,
+                           describe=f"model {cfg.model.name} with method {cfg.method.name}",
+                           limit_s=cfg.prune.preflight_s, method_config=cfg.method, pruner_options=options)
+        finally:
+            random.setstate(python_rng)
