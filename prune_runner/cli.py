@@ -19,7 +19,7 @@ import sys
 import traceback
 from importlib import resources
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Union
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -27,9 +27,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from .cli_search import check_sweeper, store_optuna_preset
+from .cli_search import check_sweeper, register_optuna_sweeper
 from .config import RunConfig, dotted
 from .errors import UnknownChoiceError, UserError
+from .search import TrialFailed
 
 GROUPS = ("model", "dataset", "method", "schedule", "experiment")
 # options whose value is a path, taken literally (quoted for Hydra) unless quoted or a choice()/glob() sweep
@@ -203,9 +204,9 @@ def _is_torchvision(name: str) -> bool:
 
 
 @hydra.main(config_path="pkg://prune_runner.conf", config_name="config", version_base="1.3")
-def _app(dcfg: DictConfig) -> Optional[float]:
-    """One run; returns its objective (search.objective), which a search sweeper (hydra/sweeper=optuna) maximizes,
-    or None for a run that failed or has no results."""
+def _app(dcfg: DictConfig) -> Union[float, List[float], TrialFailed, None]:
+    """One run; returns its objective(s) (search.objective), which a search sweeper (hydra/sweeper=optuna)
+    maximizes, or, for a sweep job that failed, its one-line reason (told to Optuna as a failed trial)."""
     # imported here, not at the top: the pipeline loads torch, torchvision and torch-pruning (seconds); with
     # `--cfg job` Hydra prints the config without calling _app, and stays fast
     from .run.pipeline import run_pipeline
@@ -226,11 +227,13 @@ def _app(dcfg: DictConfig) -> Optional[float]:
         if not multirun:
             sys.exit(2)
         FAILED.append(f"{run_dir}: {err}")
+        return TrialFailed(str(err))
     except Exception as err:  # a crash in one sweep job must not stop the sweep
         if not multirun:
             raise
         traceback.print_exc()
         FAILED.append(f"{run_dir}: {type(err).__name__}: {err}")
+        return TrialFailed(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
     finally:
         gc.collect()
         torch = sys.modules.get("torch")  # loaded by the pipeline; cli.py itself never imports it
@@ -273,6 +276,7 @@ def main() -> None:
     FAILED.clear()  # main() may run several times in one process (tests)
     ARGV[:] = sys.argv[1:]
     argv = sys.argv[1:]
+    register_optuna_sweeper()  # hydra/sweeper=optuna: prune-runner's Optuna sweeper (cli_search.py); before --cfg
     try:
         if {"-m", "--multirun"} & set(argv) and {"--cfg", "-c"} & set(argv):
             _print_sweep_configs(argv)
@@ -283,7 +287,6 @@ def main() -> None:
         sys.exit(2)
     for note in preset_notes(sys.argv[1:]):
         print(f"prune-run: {note}", flush=True)
-    store_optuna_preset()  # hydra/sweeper=optuna: the Optuna sweeper with prune-runner's defaults (cli_search.py)
     try:
         _app()
     except KeyboardInterrupt:

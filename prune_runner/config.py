@@ -11,6 +11,8 @@ STAGES = ("pretrain", "sparse_train", "prune", "finetune", "eval")
 
 @dataclass
 class ModelConfig:
+    """The network, chosen by `model=`."""
+
     name: str = "resnet56"  # registry key: prune_runner.models.list_models() or any torchvision name
     pretrained: bool = False  # torchvision weights (downloads) instead of the pretrain stage's random init
     input_size: Optional[int] = None  # square input side in pixels; None = the model's default (32 / 224)
@@ -18,6 +20,8 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
+    """The data, chosen by `dataset=`."""
+
     name: str = "digits"  # registry key: digits, cifar10, cifar100, imagenet, imagefolder
     root: str = "data"  # download / folder location (relative paths are relative to the launch directory)
     download: bool = True  # cifar only
@@ -29,10 +33,14 @@ class DatasetConfig:
 
 @dataclass
 class MethodConfig:
+    """How channels are scored and, for methods with a regularizer, how training makes them sparse; chosen by
+    `method=`. A None below is the method's default (pruning/regularizers.py; stronger ones for the short
+    schedules demo and tiny, pruning/method_defaults.py), filled in before a run starts."""
+
     name: str = "group_norm"  # registry key: prune_runner.pruning.list_methods()
-    # None: the method's default (regularizers.py; stronger for short schedules, method_defaults.py);
-    # filled in before a run starts
-    reg: Optional[float] = None  # regularization coefficient (after warm-up); unused without a regularizer
+    # regularization coefficient after warm-up (growing_reg: the initial per-channel one); unused without a
+    # regularizer
+    reg: Optional[float] = None
     reg_warmup: int = 0  # epochs over which the coefficient ramps linearly from 0 to `reg`
     alpha: Optional[float] = None  # group_norm: per-group scaling spans [2^0, 2^alpha]
     delta_reg: Optional[float] = None  # growing_reg: increment of the per-channel coefficient per update
@@ -46,11 +54,13 @@ class MethodConfig:
 
 @dataclass
 class StageSchedule:
-    epochs: int = 1
+    """One training stage: SGD with momentum, its learning-rate schedule and length."""
+
+    epochs: int = 1  # passes over the training set; 0 = no training in this stage
     lr: float = 0.1  # peak learning rate
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    batch_size: int = 128  # training batch size
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # SGD weight decay (L2 penalty on every weight)
     lr_schedule: str = "cosine"  # cosine | step | constant
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of the epochs
     lr_gamma: float = 0.1  # step: lr multiplier at each milestone
@@ -59,26 +69,35 @@ class StageSchedule:
 
 @dataclass
 class DistillConfig:
+    """Soft targets of a teacher added to the fine-tuning loss."""
+
     alpha: float = 0.0  # weight of the teacher's soft targets in [0, 1]; 0 = no distillation (no teacher loaded)
     temperature: float = 4.0  # softmax temperature of both teacher and student for the soft term
 
 
 @dataclass
 class FinetuneSchedule(StageSchedule):
+    """The fine-tuning stage: a training stage, with optional distillation."""
+
     # knowledge distillation from the unpruned model (sparse_train's output, else pretrain's)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "default"
-    pretrain: StageSchedule = field(default_factory=StageSchedule)
-    sparse_train: StageSchedule = field(default_factory=StageSchedule)
-    finetune: FinetuneSchedule = field(default_factory=FinetuneSchedule)
+    """The three training stages, chosen by `schedule=`; a key the schedule's YAML leaves out keeps its value
+    here."""
+
+    name: str = "default"  # set by `schedule=`
+    pretrain: StageSchedule = field(default_factory=StageSchedule)  # training the unpruned model
+    sparse_train: StageSchedule = field(default_factory=StageSchedule)  # training with the method's regularizer
+    finetune: FinetuneSchedule = field(default_factory=FinetuneSchedule)  # training the pruned model
 
 
 @dataclass
 class PruneConfig:
+    """The prune stage: how far to prune and how (pruning/)."""
+
     # macs: speed_up is base MACs / pruned MACs. latency: speed_up is the measured latency of the base model /
     # that of the pruned one, on the run's device, at batch latency_batch, in eval.latency_dtype (latency_target.py)
     target: str = "macs"
@@ -95,14 +114,16 @@ class PruneConfig:
     # (output-preserving): sparse training shrinks the survivors, SGD's effective lr on such a filter is
     # lr / |w|^2, and dead channels would come back as noise (see pruning/weight_scale.py)
     restore_weight_scale: bool = True
-    # seconds the pre-flight check may take before pretraining (pruning/preflight.py): dependency graph,
-    # regularizer plan and one trial step on a copy; past it the model is refused. Under 1 s for the CIFAR
-    # models; 60 leaves a wide margin for large ones on a slow CPU. 0 = no check
+    # seconds the pre-flight check may take before pretraining (run/preflight.py, pruning/preflight.py):
+    # dependency graph, regularizer plan and one trial step on a copy; past it the model is refused. Under 1 s
+    # for the CIFAR models; 60 leaves a wide margin for large ones on a slow CPU. 0 = no check
     preflight_s: float = 60.0
 
 
 @dataclass
 class FastConfig:
+    """Training speed-ups; none changes what is computed beyond numerical precision."""
+
     amp: Optional[bool] = None  # bf16 autocast; None = on for CUDA
     channels_last: Optional[bool] = None  # None = on for CUDA
     compile: bool = False  # torch.compile the training model (recompiled after pruning)
@@ -110,21 +131,29 @@ class FastConfig:
 
 @dataclass
 class EvalConfig:
+    """The eval stage's measurements of the base and the pruned model (latency/)."""
+
     latency: bool = True  # time base and pruned models
     latency_batch: int = 64  # the saturating batch size (batch 1 is always timed)
-    latency_repeats: int = 20
+    latency_repeats: int = 20  # interleaved base/pruned timing pairs per batch size; their median ratio is reported
     latency_dtype: Optional[str] = None  # fp32 | bf16 | fp16, the deployed precision; None: bf16 on CUDA, else fp32
 
 
 @dataclass
 class SearchConfig:
-    # what a run returns to a sweeper (hydra/sweeper=optuna maximizes it): prune_runner.search.list_objectives()
-    objective: str = "accuracy"
+    """What a run reports to a search sweeper (hydra/sweeper=optuna; search.py)."""
+
+    # what a run returns to a sweeper (hydra/sweeper=optuna maximizes each): a name of
+    # prune_runner.search.list_objectives(), or a list of them for a multi-objective search ([accuracy,speed_up]).
+    # Any: OmegaConf has no str-or-list type; validate.py checks it
+    objective: Any = "accuracy"
     min_speed_up: Optional[float] = None  # accuracy_at_speed_up: the MACs speed-up to reach; None = prune.speed_up
 
 
 @dataclass
 class MlflowConfig:
+    """MLflow tracking (logger=mlflow)."""
+
     # logger=mlflow (tracking/mlflow_run.py): the experiment; None = $MLFLOW_EXPERIMENT_NAME, else prune-runner.
     # The store is $MLFLOW_TRACKING_URI, else sqlite:///<out_root>/mlflow.db
     experiment: Optional[str] = None
@@ -132,6 +161,8 @@ class MlflowConfig:
 
 @dataclass
 class RunConfig:
+    """A run: its parts (the classes above), and where and how it runs."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -140,20 +171,25 @@ class RunConfig:
     fast: FastConfig = field(default_factory=FastConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-    seed: int = 0
+    seed: int = 0  # seeds the initial weights, the data order and the channel draws of method=random
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # the stages to run: a subset of pretrain, sparse_train, prune, finetune, eval (e.g. [pretrain])
     stages: List[str] = field(default_factory=lambda: list(STAGES))
     out_root: str = "outputs"  # where derived run directories live
     run_dir: Optional[str] = None  # explicit run directory (else derived from the choices)
-    resume: str = "auto"  # auto: skip finished stages, continue unfinished ones | overwrite: redo
+    # auto: skip finished stages, continue unfinished ones, refuse a finished stage whose config changed;
+    # overwrite: redo such a stage instead
+    resume: str = "auto"
     resume_from: Optional[str] = None  # <run_dir>/<stage> of another run to start from
     base_checkpoint: Optional[str] = None  # a checkpoint to use instead of pretraining
     deterministic: bool = False  # bit-identical CPU reruns for one seed
     cache: bool = True  # reuse finished stages of other runs with the same upstream config
-    logger: str = "jsonl"  # jsonl | tensorboard | mlflow (all write metrics.jsonl)
+    # jsonl | tensorboard (TensorBoard logs too; the tensorboard extra) | mlflow (tracking/mlflow_run.py; the mlflow
+    # extra); all write metrics.jsonl
+    logger: str = "jsonl"
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    export: List[str] = field(default_factory=list)  # onnx, torchscript
-    progress: bool = True  # rich progress bars
+    export: List[str] = field(default_factory=list)  # formats of the pruned model: onnx (the export extra), torchscript
+    progress: bool = True  # rich progress bars; false turns off the bars only (the per-epoch lines always print)
 
 
 def dotted(tree: dict, prefix: str = "") -> dict:

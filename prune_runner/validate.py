@@ -17,7 +17,7 @@ from .latency.dtype import check_latency_dtype
 from .models import get_model_spec
 from .models.support import check_supported
 from .pruning import METHODS, NORMALIZERS, check_round_to, resolve_method_defaults
-from .search import OBJECTIVES
+from .search import objective_names
 from .tracking.mlflow_run import check_installed as mlflow_installed
 
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -115,6 +115,6 @@ def _check_dependencies(cfg: RunConfig) -> None:
     if cfg.logger == "mlflow":
         mlflow_installed()
     validate_formats(list(cfg.export))
-    OBJECTIVES.get(cfg.search.objective)  # unknown: one line naming the objectives
+    objective_names(cfg.search.objective)  # one registered name or a list of distinct ones, else one line
     _check(cfg.search.min_speed_up is None or cfg.search.min_speed_up >= 1,
            f"search.min_speed_up={cfg.search.min_speed_up} is invalid; it is a MACs speed-up and must be >= 1")

@@ -104,12 +104,17 @@ def results_of(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "results.json").read_text())
 
 
-def readme_commands(heading: str) -> list[list[str]]:
-    """The `prune-run` commands of the README's section `## <heading>`, as argument lists (environment
-    assignments before the command dropped)."""
-    text = (REPO / "README.md").read_text()
-    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+def doc_commands(page: str, heading: str | None = None) -> list[list[str]]:
+    """The `prune-run` commands of a docs page (a path from the repository root: `docs/how-to/mlflow.md`,
+    `README.md`), or of its section `## <heading>`, as argument lists (environment assignments dropped)."""
+    text = (REPO / page).read_text()
+    section = text if heading is None else text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
     commands = []
     for line in re.findall(r"^(?:\w+=\S+ )*prune-run (.*?)(?:\s+#.*)?$", section, re.MULTILINE):
         commands.append(shlex.split(line))
     return commands
+
+
+def readme_commands(heading: str) -> list[list[str]]:
+    """The `prune-run` commands of the README's section `## <heading>`."""
+    return doc_commands("README.md", heading)

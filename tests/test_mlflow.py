@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import FAST, readme_commands, results_of, run_cli
+from conftest import FAST, doc_commands, results_of, run_cli
 from inprocess import run_inprocess, tiny_config
 
 from prune_runner.cli import preflight
@@ -67,8 +67,8 @@ def test_the_mlflow_extra_missing_is_one_line_before_the_run(monkeypatch, tmp_pa
         validate(cfg)
 
 
-def test_the_readme_commands_pass_the_checks():
-    commands = readme_commands("MLflow tracking")
+def test_the_docs_commands_pass_the_checks():
+    commands = doc_commands("docs/how-to/mlflow.md")
     assert len(commands) == 2 and all("logger=mlflow" in words for words in commands)
     for words in commands:
         assert preflight(words) == words

@@ -27,11 +27,10 @@ from prune_runner.pruning.preflight import (
     Watchdog,
     _Stopped,
     check_prunable,
-    preflight_run,
-    stages_to_check,
 )
 from prune_runner.run.distributed import DistInfo
 from prune_runner.run.pipeline import run_pipeline
+from prune_runner.run.preflight import preflight_run, stages_to_check
 from prune_runner.validate import validate
 
 EFFICIENTVIT = "timm/efficientvit_m0"  # torch-pruning 1.6.1's get_all_groups loops on it without end

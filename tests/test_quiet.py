@@ -81,6 +81,7 @@ def test_package_builds_without_setuptools_warnings(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "conf", src / "conf")
+    shutil.copytree(REPO / "hydra_plugins", src / "hydra_plugins", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "prune_runner", src / "prune_runner", symlinks=True,
                     ignore=shutil.ignore_patterns("__pycache__", "conf"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",

@@ -1,5 +1,5 @@
 """A run that cannot lose work: kill-and-resume equals an uninterrupted run; a finished stage of one run
-starts another (resume_from, as the README writes it and as a run prints it). Sweeps reusing stages:
+starts another (resume_from, as docs/how-to/resume.md writes it and as a run prints it). Sweeps reusing stages:
 test_sweep_report.py.
 Only the runs that are killed are subprocesses; the rest run in this process."""
 
@@ -61,17 +61,17 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, kill_in):
     assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}
 
 
-def _readme_commands() -> tuple[list[str], list[str]]:
-    """The README's 'killed half-way?' command and its re-prune command with resume_from, as words."""
-    text = (REPO / "README.md").read_text()
+def _docs_commands() -> tuple[list[str], list[str]]:
+    """docs/how-to/resume.md's 'killed half-way?' command and its re-prune command with resume_from, as words."""
+    text = (REPO / "docs/how-to/resume.md").read_text()
     first = re.search(r"^prune-run (.*?)\s+# killed half-way", text, re.MULTILINE).group(1)
     again = re.search(r"^(prune-run .*?)\s*\\\n\s+(resume_from=\S+)", text, re.MULTILINE)
     return shlex.split(first), shlex.split(again.group(1))[1:] + [again.group(2)]
 
 
-def test_readme_resume_from_command_parses_as_written(tmp_path):
+def test_docs_resume_from_command_parses_as_written(tmp_path):
     """The derived run dir in resume_from holds '=' (and ',' with several overrides): taken literally."""
-    first, again = _readme_commands()
+    first, again = _docs_commands()
     resume_from = again[-1].partition("=")[2]
     assert "=" in resume_from and first[0] == "method=group_norm"
     proc = run_cli([*again, "--cfg", "job"], cwd=tmp_path)
@@ -107,9 +107,9 @@ def test_printed_reprune_command_starts_from_this_runs_stages(tmp_path):
 
 
 @pytest.mark.slow
-def test_readme_resume_from_commands_run_as_written(tmp_path):
-    """The README's two commands, verbatim (schedule=demo: about a minute each on 2 CPU cores)."""
-    first, again = _readme_commands()
+def test_docs_resume_from_commands_run_as_written(tmp_path):
+    """The page's two commands, verbatim (schedule=demo: about a minute each on 2 CPU cores)."""
+    first, again = _docs_commands()
     assert run_cli(first, cwd=tmp_path).returncode == 0
     proc = run_cli(again, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

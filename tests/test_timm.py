@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 pytest.importorskip("timm")
 
 import timm  # noqa: E402
-from conftest import readme_commands  # noqa: E402
+from conftest import doc_commands  # noqa: E402
 from inprocess import run_inprocess, tiny_config  # noqa: E402
 
 from prune_runner.cli import preflight  # noqa: E402
@@ -177,8 +177,8 @@ def test_the_command_line_spelling(tmp_path):
         preflight(["model=timm/resnet10x"])
 
 
-def test_the_readme_commands_compose():
-    commands = readme_commands("timm models")
+def test_the_docs_commands_compose():
+    commands = doc_commands("docs/how-to/models.md", "timm models")
     assert [c[0] for c in commands] == ["model=timm/resnet18", "model=timm/deit_tiny_patch16_224"]
     for words in commands:
         preflight(words)

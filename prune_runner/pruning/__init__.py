@@ -10,6 +10,8 @@ regularizers.py      the sparse-training regularizers (regularizer_plans.py: the
 macs.py              MAC and parameter counting after every pruning step
 hints.py             what the pruner must be told about a model (classifier, attention heads, ...)
 history.py           rebuilding a pruned model from its pruning history
+preflight.py         before training: a trial on a copy, under a time and memory limit (prune.preflight_s)
+weight_scale.py      after pruning: live filters feeding a BatchNorm to unit norm (prune.restore_weight_scale)
 library.py           imports torch-pruning (without its optional timm import)
 """
 

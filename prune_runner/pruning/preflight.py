@@ -16,39 +16,31 @@ the other choice: it would be killed without trace, but a fork of a process whos
 context is live can deadlock or cannot use the GPU, and a spawned one imports torch again (seconds) for
 every run of the test suite. Off the main thread (an embedding program's worker thread) there is no
 signal handler to install, and the check runs without a limit, as the pruning stages themselves would.
+
+Which runs need the check, and on which model, is the run's side: run/preflight.py.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-import random
 import signal
 import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
-from ..config import STAGES
-from ..errors import UserError
-from ..latency.dtype import resolve_latency_dtype
-from ..models import build_model
 from ..models.support import ModelNotSupportedError
-from ..run.distributed import broadcast_object
 from .hints import sync_after_pruning
 from .methods import MethodSpec
 from .progressive import ObdcCalibration, build_pruner, grad_calibration
 from .regularizers import regularizer_from_config
-from .round_to import resolve_round_to
 from .timm_hints import failed_layer
-
-if TYPE_CHECKING:  # the run state is the pipeline's; this module only reads it
-    from ..run.state import RunState
 
 # how often the watchdog looks at the clock and the memory, in seconds: the overshoot past the limit, and
 # the memory a runaway search (up to about 50 MB/s) adds before it is stopped
@@ -59,7 +51,6 @@ MEMORY_HEADROOM = 2 << 30
 # the model copies the check holds at most: the trial copy, its gradients (taylor / obdc) and a pruning
 # step's new tensors beside the old ones, plus one to spare
 MODEL_COPIES = 4
-PRUNING_STAGES = ("sparse_train", "prune")  # the stages that build a pruner (sparse_train: its regularizer)
 
 PHASE_GRAPH = "torch-pruning 1.6.1's dependency graph"
 PHASE_PLAN = "the regularizer's plan"
@@ -196,61 +187,3 @@ def _trial_step(model: nn.Module, pruner, spec: MethodSpec, num_classes: int, x:
     sync_after_pruning(model)
     with torch.no_grad():
         model(x)
-
-
-def stages_to_check(cfg, spec: MethodSpec, run_dir: Path) -> List[str]:
-    """The stages of this run that will build a pruner: configured; not taken from another run (resume_from
-    names the last one taken); not finished in `run_dir` under resume=auto (a record there shows this model was
-    pruned with this method before: a changed model or method is refused before this point); and sparse_train
-    only when the method has a regularizer."""
-    taken = STAGES[: STAGES.index(Path(cfg.resume_from).name) + 1] if cfg.resume_from else ()
-    stages = [s for s in PRUNING_STAGES if s in cfg.stages and s not in taken]
-    if spec.regularizer is None:
-        stages = [s for s in stages if s != "sparse_train"]
-    if cfg.resume == "auto":
-        stages = [s for s in stages if not (Path(run_dir) / s / "done.json").is_file()]
-    return stages
-
-
-def preflight_run(state: RunState) -> None:
-    """The pre-flight check of a run, after its run dir is checked and before its first stage: skipped when no
-    stage that builds a pruner will run, or prune.preflight_s is 0. Under DDP rank 0 checks and every rank
-    raises the same one line."""
-    cfg = state.cfg
-    if cfg.prune.preflight_s <= 0 or not stages_to_check(cfg, state.spec, state.run_dir):
-        return
-    refusal = None
-    if state.dist.is_main:
-        try:
-            _check_run(state)
-        except UserError as err:
-            if not state.dist.enabled:
-                raise
-            refusal = str(err)
-    refusal = broadcast_object(state.dist, refusal)
-    if refusal is not None:
-        raise ModelNotSupportedError(refusal)
-
-
-def _check_run(state: RunState) -> None:
-    """check_prunable on the model the run starts from (base_checkpoint's, else a fresh one: the graph depends on
-    the architecture only, so never pretrained weights, which could mean a download), with the run's pruner
-    settings. The global random generators are left as they were: the run's results do not change."""
-    cfg = state.cfg
-    python_rng = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        if cfg.base_checkpoint:
-            model, _ = state.load(Path(cfg.base_checkpoint), state.base_sha)
-        else:
-            model = build_model(cfg.model.name, state.num_classes, False, input_size=state.input_size)
-        round_to = resolve_round_to(cfg.prune.round_to, state.device,
-                                    resolve_latency_dtype(cfg.eval.latency_dtype, state.device))
-        options = dict(steps=cfg.prune.iterative_steps, max_pruning_ratio=cfg.prune.max_pruning_ratio,
-                       global_pruning=cfg.method.global_pruning, round_to=round_to,
-                       normalizer=cfg.method.normalizer)
-        try:
-            check_prunable(model, state.data.example_input(1), state.spec, state.num_classes,
-                           describe=f"model {cfg.model.name} with method {cfg.method.name}",
-                           limit_s=cfg.prune.preflight_s, method_config=cfg.method, pruner_options=options)
-        finally:
-            random.setstate(python_rng)

@@ -226,3 +226,30 @@ def plot_study(trials: list[dict], keys: list[str], objective: str, best: dict |
     axes[0].legend(loc="best", fontsize="small")
     fig.suptitle(f"{len(done)} of {len(trials)} trials finished")
     return _save(fig, path)
+
+
+# --- a multi-objective search: the first objective against the second, the Pareto front joined --------
+
+def plot_front(trials: list[dict], objectives: list[str], front: list[int], path: Path) -> Path:
+    """study.png of a multi-objective search (search.write_study): each finished trial (its "values" by
+    objective) as a point, objectives[1] on x and objectives[0] on y (e.g. accuracy against speed-up), the
+    front's trials in red, joined in order of x; a third objective and more are in study.json only."""
+    x_name, y_name = objectives[1], objectives[0]
+    fig = _new_figure((6.5, 4.5))
+    ax = fig.subplots()
+    on_front = [t for t in trials if t["number"] in set(front)]
+    ax.scatter([t["values"][x_name] for t in trials], [t["values"][y_name] for t in trials], color="tab:blue",
+               alpha=0.6, label=f"trial ({len(trials)})")
+    line = sorted(on_front, key=lambda t: t["values"][x_name])
+    ax.plot([t["values"][x_name] for t in line], [t["values"][y_name] for t in line], "-o", color="tab:red",
+            label=f"Pareto front ({len(line)})")
+    for t in line:
+        ax.annotate(str(t["number"]), (t["values"][x_name], t["values"][y_name]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    extra = f"; {', '.join(objectives[2:])} in study.json" if len(objectives) > 2 else ""
+    ax.set_title(f"{len(trials)} finished trials{extra}", fontsize=10)
+    return _save(fig, path)

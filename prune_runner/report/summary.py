@@ -82,8 +82,11 @@ def scan_runs(root: str | os.PathLike) -> tuple[list[dict], list[Path]]:
     runs: list[dict] = []
     finished_dirs: list[Path] = []
     candidates: list[Path] = []
+    front: set[Path] = set()  # the runs of a search's Pareto front (or best trial), from its study.json
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
+        if "study.json" in filenames:
+            front.update(Path(d).resolve() for d in front_run_dirs(here))
         markers = set(dirnames) & set(RUN_MARKERS)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         if RESULTS_FILE in filenames:
@@ -98,6 +101,8 @@ def scan_runs(root: str | os.PathLike) -> tuple[list[dict], list[Path]]:
             candidates.append(here)
     # A folder holding finished runs below it is a container (e.g. a shared cache next to runs), not a run.
     incomplete = [d for d in candidates if not any(d in f.parents for f in finished_dirs)]
+    for run in runs:
+        run["front"] = Path(run["run_dir"]).resolve() in front
     return runs, sorted(incomplete)
 
 
@@ -185,6 +190,7 @@ def _aggregate_group(key: tuple[str, str, str, str, str], runs: list[dict]) -> d
         "params_ratio": Stat.of(params),
         "run_dirs": [r["run_dir"] for r in runs],
         "reruns": [r["run_dir"] for r in reruns],
+        "front": any(r.get("front") for r in runs),  # a run of a search's Pareto front (study.json)
     }
 
 
@@ -228,7 +234,7 @@ COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("dataset", lambda r: r["dataset"]),
     ("model", lambda r: r["model"]),
     ("method", lambda r: r["method"]),
-    ("overrides", lambda r: r["overrides"] or "-"),
+    ("overrides", lambda r: (r["overrides"] or "-") + (" [front]" if r.get("front") else "")),
     ("seeds (n)", _fmt_seeds),
     ("base acc %", lambda r: _fmt(r["base_acc"])),
     ("pruned acc %", lambda r: _fmt(r["pruned_acc"])),
@@ -308,6 +314,9 @@ def render_markdown(
         ),
         "",
     ]
+    if any(r.get("front") for r in rows):
+        lines += ["[front]: a run on the Pareto front (one objective: the best trial) of the search whose study.json "
+                  "lies above it.", ""]
     if plot_name:
         lines += [f"![accuracy vs MACs and measured latency speed-up]({plot_name})", ""]
     lines += _reference_section(rows, reference)
@@ -369,3 +378,19 @@ def print_table(rows: list[dict], console=None) -> None:
     for row in rows:
         table.add_row(*format_row(row))
     console.print(table)
+
+
+def front_run_dirs(sweep_dir: Path) -> list[str]:
+    """The run dirs of the Pareto front (or best trial) of the study summarized in <sweep_dir>/study.json, under
+    `sweep_dir` where the study's sweep dir has moved since."""
+    path = Path(sweep_dir) / "study.json"
+    if not path.is_file():
+        return []
+    try:
+        summary = json.loads(path.read_text())
+        front = set(summary.get("front") or [])
+        dirs = [Path(t["run_dir"]) for t in summary.get("trials", []) if t.get("number") in front and t.get("run_dir")]
+        then = Path(summary.get("sweep_dir") or sweep_dir)
+        return [str(Path(sweep_dir) / d.relative_to(then)) if d.is_relative_to(then) else str(d) for d in dirs]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []

@@ -18,7 +18,6 @@ from ..errors import CheckpointError, UserError
 from ..latency.dtype import latency_env
 from ..models import get_model_spec
 from ..pruning import get_method
-from ..pruning.preflight import preflight_run
 from ..report import print_results
 from ..tracking.metrics_log import MetricsLog
 from ..tracking.mlflow_run import MlflowTracker
@@ -27,6 +26,7 @@ from ..validate import validate
 from .distributed import DistInfo, init_distributed, shutdown
 from .files import read_json
 from .locks import lock_run_dir
+from .preflight import preflight_run
 from .records import StageInputs, file_sha256
 from .rundir import Action, RunDir
 from .stages import MAIN_ONLY, STAGE_FNS, StageRun

@@ -181,14 +181,18 @@ def pretrain(state: RunState, run: StageRun):
     return metrics, state.payload()
 
 
-def _pruner(state: RunState):
+def pruner_options(state: RunState) -> dict:
+    """build_pruner's keyword arguments as the run's config gives them (the stages' and the pre-flight check's)."""
     cfg = state.cfg
     round_to = resolve_round_to(cfg.prune.round_to, state.device,
                                 resolve_latency_dtype(cfg.eval.latency_dtype, state.device))
+    return dict(steps=cfg.prune.iterative_steps, max_pruning_ratio=cfg.prune.max_pruning_ratio,
+                global_pruning=cfg.method.global_pruning, round_to=round_to, normalizer=cfg.method.normalizer)
+
+
+def _pruner(state: RunState):
     return build_pruner(state.model, state.data.example_input(1), state.spec, state.num_classes,
-                        steps=cfg.prune.iterative_steps, max_pruning_ratio=cfg.prune.max_pruning_ratio,
-                        global_pruning=cfg.method.global_pruning, round_to=round_to,
-                        normalizer=cfg.method.normalizer)
+                        **pruner_options(state))
 
 
 def sparse_train(state: RunState, run: StageRun):
