@@ -439,8 +439,11 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     args = ["model=resnet20", "model.input_size=8", "device=cpu", "progress=false", "eval.latency=false",
             "schedule=tiny", "schedule.pretrain.epochs=50", f"run_dir={run_dir}", f"out_root={tmp_path / 'out'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # SIGINT at its default in the child: Python turns it into KeyboardInterrupt only when the process starts
+    # with it not ignored, and a test worker may have inherited it ignored
     proc = subprocess.Popen([sys.executable, "-m", "prune_runner.cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (run_dir / "pretrain" / "epoch_0000.json").exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
