@@ -26,6 +26,7 @@ from prune_runner.data.base import folder_fingerprint
 from prune_runner.errors import CheckpointError, RunDirBusyError, UserError
 from prune_runner.export import EXPORTERS
 from prune_runner.models import build_model
+from prune_runner.run import distributed as distributed_module
 from prune_runner.run import rundir as rundir_module
 from prune_runner.run.checkpoint import model_payload, save_checkpoint
 from prune_runner.run.distributed import DistInfo
@@ -525,11 +526,15 @@ def test_rank_0_decides_and_the_other_ranks_only_hear_its_answer(workspace, monk
             rundir.check()
             return state, [rundir.resolve(stage).action for stage in STAGES]
 
-    monkeypatch.setattr(rundir_module, "broadcast_object", lambda dist, obj: answers.append(obj) or obj)
+    fake = lambda dist, obj: answers.append(obj) or obj
+    monkeypatch.setattr(rundir_module, "broadcast_object", fake)  # commit's record
+    monkeypatch.setattr(distributed_module, "broadcast_object", fake)  # on_main's answers
     main, actions = as_rank(0)
     assert actions == [Action.DONE] * len(STAGES) and len(answers) == 1 + len(STAGES)  # the check, each stage
     heard = iter(answers)
-    monkeypatch.setattr(rundir_module, "broadcast_object", lambda dist, obj: next(heard))
+    fake = lambda dist, obj: next(heard)
+    monkeypatch.setattr(rundir_module, "broadcast_object", fake)  # commit's record
+    monkeypatch.setattr(distributed_module, "broadcast_object", fake)  # on_main's answers
     monkeypatch.setattr(StageDir, "record", lambda self: pytest.fail("rank 1 read a record"))
     other, actions = as_rank(1)
     assert actions == [Action.DONE] * len(STAGES) and other.records == main.records

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+
+from ..errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,3 +66,21 @@ def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bo
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def on_main(info: DistInfo, decide: Callable[[], T]) -> T:
+    """`decide()` on rank 0, which does the file I/O; its answer, or its one-line error (UserError), on every
+    rank in one broadcast, so that all ranks go on or stop together."""
+    if not info.enabled:
+        return decide()
+    answer, error = None, None
+    if info.is_main:
+        try:
+            answer = decide()
+        except UserError as err:
+            broadcast_object(info, (None, str(err)))
+            raise
+    answer, error = broadcast_object(info, (answer, error))
+    if error is not None:
+        raise UserError(error)
+    return answer

@@ -10,12 +10,10 @@ from typing import List
 import torch
 
 from ..config import STAGES
-from ..errors import UserError
 from ..models import build_model
-from ..models.support import ModelNotSupportedError
 from ..pruning import MethodSpec
 from ..pruning.preflight import check_prunable
-from .distributed import broadcast_object
+from .distributed import on_main
 from .records import StageDir
 from .stages import pruner_options
 from .state import RunState
@@ -43,17 +41,7 @@ def preflight_run(state: RunState) -> None:
     cfg = state.cfg
     if cfg.prune.preflight_s <= 0 or not stages_to_check(cfg, state.spec, state.run_dir):
         return
-    refusal = None
-    if state.dist.is_main:
-        try:
-            _check_run(state)
-        except UserError as err:
-            if not state.dist.enabled:
-                raise
-            refusal = str(err)
-    refusal = broadcast_object(state.dist, refusal)
-    if refusal is not None:
-        raise ModelNotSupportedError(refusal)
+    on_main(state.dist, lambda: _check_run(state))  # rank 0 checks; every rank raises its one line
 
 
 def _check_run(state: RunState) -> None:

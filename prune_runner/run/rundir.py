@@ -19,11 +19,11 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, TypeVar
+from typing import Dict, List, Optional
 
 from ..config import STAGES
 from ..errors import RecordError, UserError
-from .distributed import broadcast_object
+from .distributed import broadcast_object, on_main
 from .files import atomic_write_json, read_json
 from .records import (
     EXPORT,
@@ -43,8 +43,6 @@ from .records import (
 )
 from .stages import MAIN_ONLY, StageRun
 from .state import RunState
-
-T = TypeVar("T")
 
 # keys that name upstream content (a checkpoint's hash), not the user's config: a change is redone, not refused
 CHAINED_KEYS = ("upstream", "finetune.distill.teacher_sha256")
@@ -96,7 +94,7 @@ class RunDir:
     def check(self) -> None:
         """Before anything is written: a finished stage whose own config changed (or whose record is of an
         older format) is refused, unless resume=overwrite; resume_from's stages must be finished and intact."""
-        self._upstream = self._on_main(self._checked_upstream)
+        self._upstream = on_main(self.dist, self._checked_upstream)
         if self.dist.is_main:
             for stage in STAGES:
                 StageDir(self.path, stage).remove_temp_files()  # left by a killed run; this process holds the lock
@@ -149,7 +147,7 @@ class RunDir:
     # -- resolve -------------------------------------------------------------------------------------------
     def resolve(self, stage: str) -> Step:
         """What to do with `stage`; a finished (done, reused, passed-through) stage is in place on return."""
-        step = self._on_main(lambda: self._decide(stage))
+        step = on_main(self.dist, lambda: self._decide(stage))
         if step.action is Action.RUN:
             self._check_inputs(stage)
             step = self._claim(step)
@@ -307,20 +305,3 @@ class RunDir:
         if EXPORT in results:
             own[EXPORT] = {fmt: str(self.path / EXPORT / Path(path).name) for fmt, path in results[EXPORT].items()}
         return own
-
-    def _on_main(self, decide: Callable[[], T]) -> T:
-        """`decide()` on rank 0, which does the file I/O; its answer, or its one-line error, on every rank in
-        one broadcast."""
-        if not self.dist.enabled:
-            return decide()
-        answer, error = None, None
-        if self.dist.is_main:
-            try:
-                answer = decide()
-            except UserError as err:
-                broadcast_object(self.dist, (None, str(err)))
-                raise
-        answer, error = broadcast_object(self.dist, (answer, error))
-        if error is not None:
-            raise UserError(error)
-        return answer
