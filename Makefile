@@ -34,7 +34,8 @@ test: install
 test-slow: install
 	$(PYTEST) -m slow
 
-# every torchvision classification model, built and pruned with two methods (about an hour on 2 CPU cores)
+# every torchvision classification model and one model of every timm family (tests/test_timm_walk.py), built and
+# pruned with two methods or refused before training (hours on 2 CPU cores); the timm table: scripts/timm_walk.py
 test-walk: install
 	$(PYTEST) -m walk
 

@@ -10,6 +10,7 @@ directories hold `=` and `,`, which Hydra's override grammar would read as synta
 
 from __future__ import annotations
 
+import copy
 import gc
 import itertools
 import os
@@ -19,17 +20,20 @@ import sys
 import traceback
 from importlib import resources
 from pathlib import Path
-from typing import List, Union
+from typing import List, Optional, Union
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .cli_search import check_sweeper, register_optuna_sweeper
 from .config import RunConfig, dotted
 from .errors import UnknownChoiceError, UserError
+from .names import overrides_name
+from .pipes import closed_pipe_quiet
 from .search import TrialFailed
 
 GROUPS = ("model", "dataset", "method", "schedule", "experiment")
@@ -49,8 +53,19 @@ def _sub_dir(dataset, model, method, overrides, seed) -> str:
     return f"{dataset}/{model}/{method}/{overrides or 'default'}/seed{seed}"
 
 
+def overrides_dirname(task, exclude_keys) -> str:
+    """The overrides part of a run directory's name: Hydra's override_dirname (the task's overrides less
+    hydra.job.config.override_dirname.exclude_keys), each value in its one spelling (names.py), so that
+    `eval.latency=False` on a command line and `True` proposed by a search read `false` and `true`."""
+    exclude = set(exclude_keys or ())
+    parsed = OverridesParser.create().parse_overrides([str(t) for t in task or ()])
+    return overrides_name((o.get_key_element(), o.value(), o.is_delete()) for o in parsed
+                          if o.key_or_group not in exclude)
+
+
 OmegaConf.register_new_resolver("pr_run_dir", _run_dir, replace=True)
 OmegaConf.register_new_resolver("pr_sub_dir", _sub_dir, replace=True)
+OmegaConf.register_new_resolver("pr_overrides", overrides_dirname, replace=True)
 ConfigStore.instance().store(name="run_schema", node=RunConfig)
 
 
@@ -179,17 +194,42 @@ def preset_notes(argv: List[str]) -> List[str]:
     return notes
 
 
-def reprune_command(argv: List[str], run_dir: Path, speed_up: float) -> str:
-    """The command that prunes again from this run's sparse_train stage, at speed-up + 1.
+def reprune_stage(records: dict) -> Optional[str]:
+    """The stage a re-prune of this run starts from: sparse_train's output where the method sparse-trained (its
+    record is no pass-through), else pretrain's; None when neither finished."""
+    sparse = records.get("sparse_train")
+    if sparse is not None and "skipped" not in (sparse.get("metrics") or {}):
+        return "sparse_train"
+    return "pretrain" if "pretrain" in records else None
 
-    The run dir is derived again (its prune.speed_up part differs), so the new run never writes here."""
+
+def reprune_command(argv: List[str], run_dir: Path, speed_up: float, stage: str = "sparse_train",
+                    given: Optional[str] = None) -> str:
+    """The command that prunes again from this run's `stage`, at speed-up + 1.
+
+    The run dir is derived again (its prune.speed_up part differs), so the new run never writes here. The stage's
+    path works from where the user is: absolute when the run dir was given absolute (`given`: run_dir, or
+    out_root for a derived one), else relative to the current directory."""
     drop = ("run_dir", "resume_from", "resume", "prune.speed_up")
     kept = [a for a in argv if a.partition("=")[0].lstrip("+~") not in drop]
-    stage = run_dir.absolute() / "sparse_train"
-    if stage.is_relative_to(Path.cwd()):  # as the user would write it: relative to where they are
-        stage = stage.relative_to(Path.cwd())
-    new = [f"prune.speed_up={speed_up + 1:g}", f"resume_from={stage}"]
+    path = run_dir.absolute() / stage
+    if not (given and Path(given).is_absolute()) and path.is_relative_to(Path.cwd()):
+        path = path.relative_to(Path.cwd())  # as the user would write it: relative to where they are
+    new = [f"prune.speed_up={speed_up + 1:g}", f"resume_from={path}"]
     return shlex.join(["prune-run", *kept, *new])
+
+
+def reprune_hint(argv: List[str], run_dir: Path, cfg: RunConfig, records: dict) -> Optional[str]:
+    """The closing hint of a finished single run: what a re-prune starts from, and the command."""
+    stage = reprune_stage(records)
+    if stage is None:
+        return None
+    what = ("sparse_train output" if stage == "sparse_train" else
+            f"pretrained model ({cfg.method.name} has no sparse training)" if "sparse_train" in records else
+            "pretrained model")
+    given = cfg.run_dir or cfg.out_root
+    return (f"to prune this run's {what} again, at another speed-up:\n"
+            f"  {reprune_command(ARGV, run_dir, cfg.prune.speed_up, stage, given)}")
 
 
 def _is_torchvision(name: str) -> bool:
@@ -217,15 +257,18 @@ def _app(dcfg: DictConfig) -> Union[float, List[float], TrialFailed, None]:
     cfg: RunConfig = OmegaConf.to_object(dcfg)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else Path(hc.runtime.output_dir)
     try:
-        run_pipeline(cfg, run_dir, overrides=hc.job.override_dirname)
-        if not multirun and os.environ.get("RANK", "0") == "0" and (run_dir / "sparse_train" / "done.json").exists():
-            print(f"to prune this run's sparse_train output again, at another speed-up:\n"
-                  f"  {reprune_command(ARGV, run_dir, cfg.prune.speed_up)}", flush=True)
+        overrides = overrides_dirname(hc.overrides.task, hc.job.config.override_dirname.exclude_keys)
+        records = run_pipeline(cfg, run_dir, overrides=overrides)
+        hint = reprune_hint(ARGV, run_dir, cfg, records) if not multirun and os.environ.get("RANK", "0") == "0" \
+            else None
+        if hint:
+            print(hint, flush=True)
         return run_objective(cfg.search.objective, run_dir, cfg.search.min_speed_up)
     except UserError as err:
         print(f"prune-run: error: {err}", file=sys.stderr, flush=True)
         if not multirun:
             sys.exit(2)
+        _discard_if_empty(run_dir, Path(cfg.out_root))  # a refused sweep job leaves no empty folders (Hydra made them)
         FAILED.append(f"{run_dir}: {err}")
         return TrialFailed(str(err))
     except Exception as err:  # a crash in one sweep job must not stop the sweep
@@ -242,6 +285,38 @@ def _app(dcfg: DictConfig) -> Union[float, List[float], TrialFailed, None]:
 
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
+
+def _discard_if_empty(run_dir: Path, out_root: Path) -> None:
+    """Remove `run_dir`, and the folders above it up to out_root, while they are empty: what Hydra made for a sweep
+    job its checks refused (a folder with anything in it stays)."""
+    folder, stop = run_dir.absolute(), out_root.absolute()
+    while True:
+        try:
+            folder.rmdir()  # fails, and keeps it, unless it is an empty folder
+        except OSError:
+            return
+        folder = folder.parent
+        if folder == stop or not folder.is_relative_to(stop):
+            return
+
+
+class CheckFirst(Callback):
+    """Hydra callback (hydra.callbacks in conf/config.yaml): a single run's config is checked (validate.py) once
+    Hydra has composed it and before Hydra makes its run directory, so a refused run leaves nothing on disk. A
+    sweep's jobs are checked as they start (_app), and leave no empty folder either."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from .validate import validate  # not at the top: it loads the registries (torch), which --help never needs
+
+        task = copy.deepcopy(config)
+        with read_write(task), open_dict(task):
+            del task["hydra"]  # the run's own config, as Hydra hands it to _app
+        try:
+            validate(OmegaConf.to_object(task))
+        except UserError as err:
+            print(f"prune-run: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
 
 def sweep_jobs(argv: List[str]) -> List[List[str]]:
@@ -273,6 +348,11 @@ def _print_sweep_configs(argv: List[str]) -> None:
 
 
 def main() -> None:
+    """prune-run; a reader that closes the pipe early (`prune-run --help | head`) ends it quietly."""
+    closed_pipe_quiet(_main)
+
+
+def _main() -> None:
     FAILED.clear()  # main() may run several times in one process (tests)
     ARGV[:] = sys.argv[1:]
     argv = sys.argv[1:]

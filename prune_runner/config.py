@@ -45,7 +45,6 @@ class MethodConfig:
     alpha: Optional[float] = None  # group_norm: per-group scaling spans [2^0, 2^alpha]
     delta_reg: Optional[float] = None  # growing_reg: increment of the per-channel coefficient per update
     reg_update_every: Optional[int] = None  # growing_reg: optimizer steps between updates; 0 = once per epoch
-    global_pruning: bool = False  # rank channels across layers instead of within each layer
     normalizer: Optional[str] = None  # per-group score normalization: mean | max | sum | ...; None = criterion's
     # taylor / obdc: batches of forward+backward whose gradients (taylor) or Fisher (obdc) score the channels
     # before every pruning step
@@ -95,8 +94,29 @@ class ScheduleConfig:
 
 
 @dataclass
+class PruneSearchConfig:
+    """prune.allocation=search: per-layer widths chosen among candidates scored without training
+    (pruning/width_search.py; docs/how-to/per-layer-widths.md)."""
+
+    candidates: int = 32  # allocations scored, uniform and global included (each one pruning + a holdout pass)
+    sampler: str = "random"  # how ratios are drawn: a name of prune_runner.pruning.list_samplers() (random | tpe)
+    # training batches (of schedule.finetune.batch_size) that re-estimate each candidate's BatchNorm statistics
+    recalibration_batches: int = 10
+    # fraction of the TRAINING split (never the test split) whose top-1 scores the candidates. It stays in the
+    # training data of every stage: the score ranks how much of what the model learned survives pruning, and
+    # all allocations of a setup then share one base model (docs/how-to/per-layer-widths.md says more)
+    holdout: float = 0.1
+
+
+@dataclass
 class PruneConfig:
     """The prune stage: how far to prune and how (pruning/)."""
+
+    # how the removed channels are spread over the layers: uniform (each layer loses the same fraction),
+    # global (one ranking across layers decides), search (candidates of per-layer ratios scored on a holdout;
+    # prune.search)
+    allocation: str = "uniform"
+    search: PruneSearchConfig = field(default_factory=PruneSearchConfig)
 
     # macs: speed_up is base MACs / pruned MACs. latency: speed_up is the measured latency of the base model /
     # that of the pruned one, on the run's device, at batch latency_batch, in eval.latency_dtype (latency_target.py)
@@ -115,7 +135,7 @@ class PruneConfig:
     # lr / |w|^2, and dead channels would come back as noise (see pruning/weight_scale.py)
     restore_weight_scale: bool = True
     # seconds the pre-flight check may take before pretraining (run/preflight.py, pruning/preflight.py):
-    # dependency graph, regularizer plan and one trial step on a copy; past it the model is refused. Under 1 s
+    # dependency graph, regularizer plan and two trial pruning steps on a copy; past it the model is refused. Under 1 s
     # for the CIFAR models; 60 leaves a wide margin for large ones on a slow CPU. 0 = no check
     preflight_s: float = 60.0
 

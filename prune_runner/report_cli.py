@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from .errors import UserError
+from .pipes import closed_pipe_quiet
 from .report import NoFinishedRunsError, aggregate, print_table, scan_runs, write_report
 
 DESCRIPTION = """\
@@ -38,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """prune-report; a reader that closes the pipe early (`prune-report DIR | head`) ends it quietly."""
+    return closed_pipe_quiet(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         paths = write_report(args.dir, args.out)
@@ -48,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prune-report: error: {err}", file=sys.stderr)
         return 2
     runs, incomplete = scan_runs(args.dir)
-    print_table(aggregate(runs))
-    if incomplete:
-        print(f"skipped {len(incomplete)} incomplete run(s); listed in the report")
+    print_table(aggregate(runs), incomplete)  # its count line: the same as report.md's
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

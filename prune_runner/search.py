@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Union
 
 from .errors import UserError
+from .names import value_text
 from .registry import Registry
 from .run.files import atomic_write_json
 
@@ -231,8 +232,9 @@ def ask(study, distributions: dict, n_trials: int, make_sampler: Callable[[int],
 
     A queued trial (a killed worker's parameters) goes first. Otherwise the sampler, seeded with its seed plus
     the number of trials in the study, proposes parameters: the same command proposes the same trials, and two
-    workers never propose from the same random state. A proposal that repeats a counted trial's parameters is
-    failed with `duplicate_of` and not run; the sampler proposes again."""
+    workers never propose from the same random state. A proposal that repeats a counted trial's parameters, as
+    its run directory's name spells them (names.py: floats to 4 significant digits), is failed with
+    `duplicate_of` and not run; the sampler proposes again."""
     from optuna.trial import TrialState
 
     for _ in range(MAX_DUPLICATES):
@@ -243,13 +245,19 @@ def ask(study, distributions: dict, n_trials: int, make_sampler: Callable[[int],
         study.sampler = make_sampler(len(trials))
         trial = study.ask(distributions)
         trial.set_user_attr("worker", worker_id())
-        twin = next((t.number for t in live if t.params == trial.params and t.number != trial.number), None)
+        named = name_values(trial.params)  # equal as the run directory spells them: the same run directory
+        twin = next((t.number for t in live if name_values(t.params) == named and t.number != trial.number), None)
         if twin is None:
             return trial
         trial.set_user_attr("duplicate_of", twin)
         study.tell(trial, state=TrialState.FAIL)
     raise UserError(f"the search space has no new parameter set left: {MAX_DUPLICATES} proposals in a row repeated "
                     f"a trial's; lower hydra.sweeper.n_trials (now {n_trials}) or widen the search space")
+
+
+def name_values(params: dict) -> Dict[str, str]:
+    """A trial's parameters as its run directory's name spells them."""
+    return {k: value_text(v) for k, v in params.items()}
 
 
 def tell(study, trial, outcome, n_objectives: int, run_dir: Optional[str]) -> Optional[str]:
@@ -322,9 +330,10 @@ def summarize(study, objectives: List[str], storage: str) -> dict:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     front = sorted(t.number for t in study.best_trials) if complete else []
     keys = sorted({k for t in trials for k in t.params})
+    log_scale = sorted({k for t in trials for k, d in t.distributions.items() if getattr(d, "log", False)})
     summary = {"study_name": study.study_name, "storage": storage, "objectives": objectives,
-               "directions": [d.name.lower() for d in study.directions], "searched": keys, "front": front,
-               "trials": rows}
+               "directions": [d.name.lower() for d in study.directions], "searched": keys,
+               "log_scale": log_scale, "front": front, "trials": rows}
     if len(objectives) == 1:
         summary["best"] = next((r for r in rows if r["number"] == front[0]), None) if front else None
     return summary
@@ -345,7 +354,8 @@ def write_study(sweep_dir: Path, summary: dict, warn: Callable[[str], None] = pr
             flat = [{"number": t["number"], "params": t["params"], "value": (t["values"] or {}).get(name)}
                     for t in summary["trials"] if t["state"] in ("COMPLETE", "FAIL")]
             best = next((t for t in flat if t["number"] == summary["front"][0]), None) if summary["front"] else None
-            plot_study(flat, summary["searched"], name, best, sweep_dir / "study.png")
+            plot_study(flat, summary["searched"], name, best, sweep_dir / "study.png",
+                       log_keys=summary.get("log_scale", []))
         else:
             plot_front(done, summary["objectives"], summary["front"], sweep_dir / "study.png")
     except Exception as err:  # a plot must never fail a search

@@ -7,6 +7,7 @@ fails now and not after hours of training.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 from .config import STAGES, RunConfig
@@ -17,6 +18,7 @@ from .latency.dtype import check_latency_dtype
 from .models import get_model_spec
 from .models.support import check_supported
 from .pruning import METHODS, NORMALIZERS, check_round_to, resolve_method_defaults
+from .pruning.samplers import SAMPLERS
 from .search import objective_names
 from .tracking.mlflow_run import check_installed as mlflow_installed
 
@@ -24,6 +26,7 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 RESUME_MODES = ("auto", "overwrite")
 LOGGERS = ("jsonl", "tensorboard", "mlflow")
 PRUNE_TARGETS = ("latency", "macs")
+ALLOCATIONS = ("global", "search", "uniform")  # prune.allocation
 
 
 def _check(ok: bool, message: str) -> None:
@@ -79,6 +82,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _non_negative("prune.bn_stats_batches", p.bn_stats_batches)
     _non_negative("prune.preflight_s", p.preflight_s)  # seconds; 0 = no pre-flight check
     _check_latency_options(cfg)
+    _check_allocation(cfg)
     for stage in cfg.stages:
         if stage not in STAGES:
             raise UnknownChoiceError("stage", stage, STAGES)
@@ -100,6 +104,24 @@ def _check_latency_options(cfg: RunConfig) -> None:
     _check(p.latency_batch >= 1, f"prune.latency_batch={p.latency_batch} is invalid; it must be >= 1")
     check_round_to(p.round_to)
     check_latency_dtype(cfg.eval.latency_dtype)
+
+
+def _check_allocation(cfg: RunConfig) -> None:
+    p, s = cfg.prune, cfg.prune.search
+    if p.allocation not in ALLOCATIONS:
+        raise UnknownChoiceError("prune.allocation", p.allocation, ALLOCATIONS)
+    SAMPLERS.get(s.sampler)  # one line naming the samplers
+    _check(s.sampler != "tpe" or p.allocation != "search" or importlib.util.find_spec("optuna") is not None,
+           "prune.search.sampler=tpe needs the optional dependency Optuna: pip install 'prune-runner[search]'")
+    _check(s.candidates >= 1, f"prune.search.candidates={s.candidates} is invalid; it must be >= 1 (uniform and "
+                              "global are the first two)")
+    _check(s.recalibration_batches >= 1, f"prune.search.recalibration_batches={s.recalibration_batches} is invalid; "
+                                         "it must be >= 1")
+    _check(math.isfinite(s.holdout) and 0 < s.holdout < 1,
+           f"prune.search.holdout={s.holdout} is invalid; it is a fraction of the training split, in (0, 1)")
+    _check(p.allocation != "search" or p.target == "macs",
+           "prune.allocation=search takes prune.target=macs only (a latency target is not searched yet); "
+           "use prune.target=macs, or prune.allocation=uniform or global")
 
 
 def _check_dependencies(cfg: RunConfig) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+SEARCH_BEGIN, SEARCH_END = "<!-- study_search:begin -->", "<!-- study_search:end -->"  # study_search.py's
 MODELS = ["resnet20", "resnet56"]
 METHODS = ["l1", "random", "slim", "group_norm", "growing_reg"]
 SPEED_UPS = [2.0, 3.0, 4.0]
@@ -211,7 +212,12 @@ def main() -> None:
     (out / "study_rows.json").write_text(json.dumps(rows, indent=1))
     report = Path(args.report)
     plot(rows, report.parent / "study_after_prune.png", args.models)
-    report.write_text(write_report(rows, wall, args))
+    kept = ""  # scripts/study_search.py's section (between its markers) survives this rewrite
+    if report.exists():
+        text = report.read_text()
+        if SEARCH_BEGIN in text and SEARCH_END in text:
+            kept = "\n" + text[text.index(SEARCH_BEGIN):text.index(SEARCH_END) + len(SEARCH_END)] + "\n"
+    report.write_text(write_report(rows, wall, args) + kept)
     print(f"wrote {report} and {report.parent / 'study_after_prune.png'} ({wall / 60:.1f} min)")
 
 

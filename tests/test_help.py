@@ -95,3 +95,20 @@ def test_prune_report_help(report_help):
     assert "exit status: 0 report written; 1 no finished run under DIR; 2 bad input" in report_help
     for path in re.findall(r"\b(docs/[\w/.-]*)", report_help):
         assert (REPO / path).exists(), path
+
+
+@pytest.mark.parametrize("unbuffered", [False, True])  # the help fails as it is printed, or as it is flushed at exit
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(tmp_path, unbuffered):
+    """`prune-run --help | head -1`: the reader is gone before the help is written. Only a process shows it: its
+    stderr and exit status (141, as shells report SIGPIPE)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | ({"PYTHONUNBUFFERED": "1"} if unbuffered
+                                                                           else {})
+    proc = subprocess.Popen([sys.executable, "-m", "prune_runner.cli", "--help"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the help is written: the interpreter takes a second to start
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr

@@ -111,6 +111,8 @@ def test_a_server_that_is_down_is_one_warning_and_the_run_goes_on(tmp_path, monk
     records, text = run_inprocess(tmp_path / "run", **{**QUICK, "stages": "[pretrain]", "dataset.train_limit": 64})
     warnings = [line for line in text.splitlines() if "MLflow" in line]
     assert len(warnings) == 1 and "http://127.0.0.1:9" in warnings[0] and "the run goes on" in warnings[0], text
+    # the cause, whole: not the connection pool's text cut at 160 characters (`...port=9): Fa); the run goes on`)
+    assert warnings[0].endswith("(ConnectionError: [Errno 111] Connection refused); the run goes on"), warnings[0]
     # the run went on: its epoch was logged to metrics.jsonl, its accuracy is that epoch's, and no MLflow run is
     # recorded for the run dir
     (row,) = MetricsLog(tmp_path / "run").rows("pretrain")

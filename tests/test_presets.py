@@ -80,7 +80,7 @@ def test_preset_is_a_valid_run_config(presets, name):
     assert isinstance(cfg, RunConfig)
     validate(cfg)
     assert cfg.dataset.name in NUM_CLASSES
-    assert cfg.method.global_pruning, "every DepGraph benchmark recipe prunes globally"
+    assert cfg.prune.allocation == "global", "every DepGraph benchmark recipe prunes globally"
     assert f"_{str(cfg.prune.speed_up).replace('.', 'p').removesuffix('p0')}x" in name, "name states the speed-up"
     assert name.startswith(cfg.model.name.removesuffix("_bn")), "name starts with the model"
 
@@ -111,9 +111,9 @@ def test_preset_builds_its_model_and_pruner(presets, name):
     side = TRACE_SIDE.get(cfg.model.name, cfg.model.input_size or get_model_spec(cfg.model.name).input_size)
     pruner = build_pruner(model, torch.zeros(1, 3, side, side), get_method(cfg.method.name), num_classes,
                           steps=cfg.prune.iterative_steps, max_pruning_ratio=cfg.prune.max_pruning_ratio,
-                          global_pruning=cfg.method.global_pruning, round_to=cfg.prune.round_to)
+                          global_pruning=cfg.prune.allocation == "global", round_to=cfg.prune.round_to)
     assert pruner.iterative_steps == cfg.prune.iterative_steps
-    assert pruner.global_pruning == cfg.method.global_pruning
+    assert pruner.global_pruning
     assert pruner.max_pruning_ratio == cfg.prune.max_pruning_ratio
     assert pruner.round_to == cfg.prune.round_to
     classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
@@ -165,7 +165,7 @@ def test_what_a_preset_keeps_over_a_group_chosen_on_the_command_line_is_said(tmp
     assert done.returncode == 0, done.stderr
     (note,) = [line for line in done.stdout.splitlines() if line.startswith("prune-run: note:")]
     assert f"method=group_norm replaces the method of experiment={name}" in note
-    assert "method.delta_reg=1e-05" in note and "method.global_pruning=true" in note
+    assert "method.delta_reg=1e-05" in note and "method.reg_update_every=0" in note
     assert "method.reg=" not in note  # set on the command line: nothing kept
     shown = yaml.safe_load(done.stdout.split("\n", 1)[1])
     assert shown["method"]["name"] == "group_norm" and shown["method"]["reg"] == 0.001

@@ -96,10 +96,11 @@ def test_aggregate_combines_seeds_as_mean_and_sample_std(tree: Path):
     assert two_seeds["final_acc"].std == pytest.approx(statistics.stdev([90.0, 92.0]))
     assert two_seeds["acc_delta"].mean == pytest.approx(-4.0)  # percentage points
     assert two_seeds["speed_up"].mean == pytest.approx(2.03)
-    # latency of the one seed that measured it, at the largest batch (64)
-    assert two_seeds["latency_batch"] == 64 and two_seeds["latency_speed_up"].mean == pytest.approx(1.9)
+    # latency of the one seed that measured it, at each batch it measured
+    assert two_seeds["latency"][64].mean == pytest.approx(1.9) and two_seeds["latency"][1].mean == pytest.approx(1.5)
+    assert two_seeds["latency"][64].n == 1
     single = rows[1]
-    assert single["final_acc"].std is None and single["latency_speed_up"] is None
+    assert single["final_acc"].std is None and single["latency"] == {}
 
 
 def test_runs_of_different_setups_are_not_combined_and_a_rerun_is_not_a_seed(tmp_path: Path):
@@ -134,18 +135,23 @@ def test_write_report_table_note_and_plot(tree: Path, tmp_path: Path):
     text = paths["report"].read_text()
     rows = table_rows(text)
     assert len(rows) == 4
-    by_key = {(r[2], r[3]): r for r in rows}
+    assert ("| dataset | model | method | allocation | overrides | seeds (n) | base acc % | pruned acc % | final acc % "
+            "| Δ acc (pp) | target speed-up | MACs speed-up | latency speed-up, bs 1 (cpu) | latency speed-up, bs 64 "
+            "(cpu) | params ratio |") in text  # a column per latency batch, the batch in its header
+    by_key = {(r[2], r[4]): r for r in rows}
     two_seeds = by_key[("group_norm", "prune.speed_up=2,schedule=tiny")]
-    assert two_seeds[4] == "2 (0, 1)"
-    assert two_seeds[5] == "95.00 ± 0.00"  # std shown for every 2-seed column, even when 0
-    assert two_seeds[6] == "80.00 ± 0.00"  # right after pruning
-    assert two_seeds[7] == f"91.00 ± {statistics.stdev([90.0, 92.0]):.2f}"
-    assert two_seeds[8] == "-4.00 ± 1.41"
-    assert two_seeds[9] == "2x"  # the target
-    assert two_seeds[10] == "2.03x ± 0.00"
-    assert two_seeds[11] == "1.90x (bs 64, cpu)"
-    assert two_seeds[12] == "0.500 ± 0.000"
-    assert by_key[("l1", "prune.speed_up=3,schedule=tiny")][11] == "-"
+    assert two_seeds[3] == "uniform"  # no config.json: the default allocation
+    assert two_seeds[5] == "2 (0, 1)"
+    assert two_seeds[6] == "95.00 ± 0.00"  # std shown for every 2-seed column, even when 0
+    assert two_seeds[7] == "80.00 ± 0.00"  # right after pruning
+    assert two_seeds[8] == f"91.00 ± {statistics.stdev([90.0, 92.0]):.2f}"
+    assert two_seeds[9] == "-4.00 ± 1.41"
+    assert two_seeds[10] == "2x"  # the target
+    assert two_seeds[11] == "2.03x ± 0.00"
+    assert two_seeds[12:14] == ["1.50x", "1.90x"]
+    assert two_seeds[14] == "0.500 ± 0.000"
+    assert by_key[("l1", "prune.speed_up=3,schedule=tiny")][12:14] == ["-", "-"]
+    assert "5 finished run(s) in 4 row(s); 1 incomplete run(s) skipped (no results.json)." in text
     assert "Skipped 1 incomplete run(s)" in text and "digits/l1/su4/seed0" in text
     assert "Published reference" not in text  # no reference rows for digits/resnet20
 
@@ -213,7 +219,7 @@ def test_cli_writes_report(tree: Path, tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     assert (out / "report.md").exists() and (out / "tradeoff.png").exists()
     assert f"report: {out / 'report.md'}" in proc.stdout
-    assert "group_norm" in proc.stdout and "skipped 1 incomplete" in proc.stdout
+    assert "group_norm" in proc.stdout and "1 incomplete run(s) skipped" in proc.stdout
 
 
 def test_cli_missing_and_empty_dir(tmp_path: Path):

@@ -29,6 +29,7 @@ from optuna.distributions import FloatDistribution
 from prune_runner import report_cli
 from prune_runner.cli import preflight
 from prune_runner.errors import UnknownChoiceError, UserError
+from prune_runner.names import value_text
 from prune_runner.search import (
     JOURNAL,
     STALE_S,
@@ -247,7 +248,7 @@ def test_prune_report_marks_the_front(front):
     summary = json.loads((out / "study.json").read_text())
     assert len(rows) == 4 and sum("[front]" in row for row in rows) == len(summary["front"])
     for n in summary["front"]:
-        reg = summary["trials"][n]["params"]["method.reg"]
+        reg = value_text(summary["trials"][n]["params"]["method.reg"])  # as the run directory spells it
         assert any(f"method.reg={reg}," in row and "[front]" in row for row in rows)
 
 

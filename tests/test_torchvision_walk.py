@@ -5,18 +5,19 @@ For each name in torchvision.models.list_models(module=torchvision.models):
   - a name in the "not supported" table raises that one-line error, and nothing is built;
   - otherwise the model is built as the pipeline builds it, pruned to 1.5x MACs with group_norm
     and with l1 (10-step schedule, pruner built in training mode as the pipeline does), and runs a
-    forward pass in eval and in training mode; the model x method table is checked against the
-    model's layers.
+    forward pass in eval and in training mode (scripts/timm_walk.py's `prune_to_target`, which the timm walk,
+    tests/test_timm_walk.py, takes too); the model x method table is checked against the model's layers.
 Inputs are 64 px, except Inception-v3 (96 px: it needs 75 or more) and ViT-H/14 (56 px: 14-pixel patches).
 """
 
 from __future__ import annotations
 
-import warnings
+import sys
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import script_main
 
 from prune_runner.models import MODELS, build_model, get_model_spec
 from prune_runner.models.support import (
@@ -27,9 +28,9 @@ from prune_runner.models.support import (
     name_matches,
 )
 from prune_runner.models.torchvision_models import torchvision_model_names
-from prune_runner.pruning import build_pruner, progressive_prune
-from prune_runner.pruning.macs import MacCounter
-from prune_runner.pruning.methods import get_method
+
+script_main("timm_walk")  # the walks share its pruning step (scripts/timm_walk.py)
+timm_walk = sys.modules["script_timm_walk"]
 
 INPUT_SIZE = {"inception_v3": 96, "vit_h_14": 56}  # pixels; 64 for the others
 NAMES = [n for n in torchvision_model_names() if n not in MODELS or n in MODELS and
@@ -64,14 +65,8 @@ def test_torchvision_model_prunes_or_is_refused(name):
             assert name_matches(name, NO_BATCHNORM) == (not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                                                           for m in model.modules())), name
             assert name_matches(name, LINEAR_ON_TOKENS) == _linear_sees_tokens(model, x[:1]), name
-            model.train()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the library's notes about unwrapped parameters
-            pruner = build_pruner(model, x[:1], get_method(method), 10, steps=10)
-            result = progressive_prune(model, pruner, MacCounter(model, x[:1]), 1.5)
-        assert result["speed_up"] >= 1.5, (name, method)
-        with torch.no_grad():
-            assert model.eval()(x).shape == (2, 10), (name, method)
-            out = model.train()(x)
-        assert isinstance(out, torch.Tensor) and out.shape == (2, 10), (name, method)
-        del model, pruner
+        # to 1.5x MACs, then a forward in eval and in training mode (the timm walk's own step)
+        twin = build_model(name, 10, input_size=size)  # unpruned, to look the listed parameters up
+        _, _, notes = timm_walk.prune_to_target(model, x, method)
+        assert timm_walk.unnamed_parameters(twin, notes) == [], (name, method)  # the hints name each one
+        del model

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -18,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from prune_runner.errors import UserError
+from prune_runner.names import override_text
 from prune_runner.search import (
     ask,
     ask_lock,
@@ -100,10 +102,26 @@ def directions(direction, n_objectives: int) -> List[str]:
 
 
 def _format(params: dict) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    """A trial's parameters as its run directory's name spells them (prune_runner/names.py)."""
+    return " ".join(override_text(k, v) for k, v in params.items())
+
+
+PLAIN_FORMAT = "[%(levelname)1.1s %(asctime)s] %(message)s"  # Optuna's own line, without its colour codes
+
+
+def quiet_library_logs() -> None:
+    """What libraries would add to a search's output: alembic's INFO lines ("setup plugin alembic.autogenerate.*",
+    printed in Hydra's [HYDRA] format when a database storage or MLflow imports it) are dropped, and Optuna's lines
+    lose their colour codes where they go to a file, not a terminal (FORCE_COLOR set or not)."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:
+        stream = getattr(handler, "stream", None)
+        if stream is not None and not (hasattr(stream, "isatty") and stream.isatty()):
+            handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
 
 
 def run_search(sweeper, arguments: List[str]) -> None:
+    quiet_library_logs()
     try:
         _run(sweeper, arguments)
     except UserError as err:

@@ -83,6 +83,21 @@ class Data(ABC):
     def calib_batches(self, batch_size: int, n: int, seed: int) -> Iterator[Batch]:
         """`n` fixed training batches without augmentation, the same on every rank."""
 
+    @abstractmethod
+    def train_subset_batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+        """The training images at positions `indices` (CPU int64), in that order, without augmentation."""
+
+    def holdout_indices(self, fraction: float) -> torch.Tensor:
+        """Positions in the TRAINING split of its holdout (prune.search.holdout): a fixed `fraction` of it, drawn
+        with HOLDOUT_SEED, so the same images for every run seed, stage and rank. The test split is never drawn."""
+        size = max(1, round(fraction * self.num_train))
+        order = torch.randperm(self.num_train, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+        return order[:size].sort().values
+
+    def holdout_batches(self, batch_size: int, fraction: float) -> Iterator[Batch]:
+        """The holdout in order, without augmentation: what ranks the candidates of prune.allocation=search."""
+        return self.train_subset_batches(self.holdout_indices(fraction), batch_size)
+
     def example_input(self, batch: int = 1) -> torch.Tensor:
         return torch.zeros(batch, 3, self.input_size, self.input_size, device=self.device)
 
@@ -93,6 +108,7 @@ class Data(ABC):
         )
 
 
+HOLDOUT_SEED = 1  # fixes which training images form the holdout, independent of the run seed
 STREAMS_PER_SEED = 7919  # a prime above the number of data streams one run draws (one per stage, and one more)
 EPOCH_STRIDE = 1_000_003  # a prime above any epoch count
 

@@ -83,8 +83,10 @@ class LoaderData(Data):
         return self._to_device(self._eval[1])
 
     def calib_batches(self, batch_size: int, n: int, seed: int) -> Iterator[Batch]:
-        indices = calibration_indices(len(self.calib_set), batch_size, n, seed).tolist()
-        loader = self._loader(Subset(self.calib_set, indices), batch_size, False, shuffle=False)
+        return self.train_subset_batches(calibration_indices(len(self.calib_set), batch_size, n, seed), batch_size)
+
+    def train_subset_batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+        loader = self._loader(Subset(self.calib_set, indices.tolist()), batch_size, False, shuffle=False)
         return self._to_device(loader)
 
 

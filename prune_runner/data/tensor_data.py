@@ -134,7 +134,10 @@ class TensorData(Data):
             yield self.normalize(self.test_x[start:end]), self.test_y[start:end]
 
     def calib_batches(self, batch_size: int, n: int, seed: int) -> Iterator[Batch]:
-        indices = calibration_indices(self.num_train, batch_size, n, seed).to(self.device)
-        for step in range(n):
-            index = indices[step * batch_size : (step + 1) * batch_size]
+        yield from self.train_subset_batches(calibration_indices(self.num_train, batch_size, n, seed), batch_size)
+
+    def train_subset_batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+        indices = indices.to(self.device)
+        for start in range(0, len(indices), batch_size):
+            index = indices[start : start + batch_size]
             yield self.normalize(self.train_x[index]), self.train_y[index]

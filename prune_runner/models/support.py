@@ -1,4 +1,4 @@
-"""Which torchvision classification models, and which model x method pairs, this project cannot run.
+"""Which torchvision classification models, timm models, and model x method pairs this project cannot run.
 
 Each entry is refused with one line, "not supported: <reason>", before anything is trained.
 Keys are name prefixes of `torchvision.models.list_models(module=torchvision.models)`.
@@ -21,6 +21,14 @@ NOT_SUPPORTED = {
              "(no result after 5 minutes for swin_t on a CPU)",
     "maxvit_": "torch-pruning 1.6.1's dependency search does not finish on its block and grid attention "
                "(no result after 10 minutes for maxvit_t on a busy 2-core CPU)",
+}
+
+# timm models (names after `timm/`) that the timm walk (scripts/timm_walk.py) found torch-pruning 1.6.1 cannot take
+# apart, with any method: refused at once rather than after the pre-flight check's trial (up to prune.preflight_s).
+# tests/test_timm_walk.py checks that the pre-flight check still refuses each one, so an entry cannot go stale.
+TIMM_NOT_SUPPORTED = {
+    "efficientvit_m0": "torch-pruning 1.6.1's dependency search does not end on its cascaded group attention (its "
+                       "memory grows by 1 to 3 GB a minute)",
 }
 
 # torchvision families without a single BatchNorm layer: BN-scale importance has nothing to score
@@ -56,6 +64,11 @@ def method_unsupported_reason(model: str, method: str) -> Optional[str]:
     return None
 
 
+def timm_model_unsupported_reason(model: str) -> Optional[str]:
+    """TIMM_NOT_SUPPORTED's reason for `timm/<name>` (a pretrained tag after the dot is the same architecture)."""
+    return TIMM_NOT_SUPPORTED.get(model.removeprefix("timm/").split(".")[0])
+
+
 def timm_method_unsupported_reason(model: str, method: str) -> Optional[str]:
     """The same reasons for a timm model (`timm/<name>`), found from its layers (timm_models.layer_structure)."""
     if method not in METHODS_NEEDING_BATCHNORM + METHODS_NEEDING_2D_LINEAR:
@@ -72,6 +85,9 @@ def timm_method_unsupported_reason(model: str, method: str) -> Optional[str]:
 def check_supported(model: str, method: str, family: str) -> None:
     """Raise the one-line "not supported" error for a torchvision or timm model x method this project cannot run."""
     if family == "timm":
+        reason = timm_model_unsupported_reason(model)
+        if reason is not None:
+            raise ModelNotSupportedError(f"model {model} is not supported: {reason}")
         reason = timm_method_unsupported_reason(model, method)
     elif family != "torchvision":
         return  # the CIFAR models are smoke-tested with every method

@@ -4,6 +4,9 @@ methods.py           the method registry: importance criterion, regularizer and 
 method_defaults.py   the regularization defaults per method and schedule
 progressive.py       building a pruner, calibration (Taylor, OBDC), the step loop, pruning to a MACs target
 latency_target.py    pruning step by step to a measured latency speed-up (prune.target=latency)
+candidates.py        prune.allocation=search: per-group ratios pruned in one shot, scaled to the MACs target
+samplers.py          the sampler registry of that search (prune.search.sampler: random, tpe)
+width_search.py      the search itself: default allocations first, candidates.jsonl, resume, the winner
 round_to.py          the channel multiple each device's kernels run fastest on (prune.round_to=auto)
 groups.py            the dependency groups of a pruner, and their per-channel norms
 regularizers.py      the sparse-training regularizers (regularizer_plans.py: their batched index plans)

@@ -18,6 +18,7 @@ from torchvision.models.convnext import CNBlock
 from torchvision.models.vision_transformer import VisionTransformer
 
 from . import timm_hints
+from .library import tp
 
 
 def _classifier_layers(model: nn.Module, num_classes: int) -> List[nn.Module]:
@@ -29,6 +30,16 @@ def _classifier_layers(model: nn.Module, num_classes: int) -> List[nn.Module]:
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == num_classes]
         heads = convs[-1:]
     return heads
+
+
+def _dedup(pairs: List[Tuple[nn.Parameter, int]]) -> List[Tuple[nn.Parameter, int]]:
+    """The first (parameter, dim) of each parameter: one named twice would be pruned twice."""
+    seen, out = set(), []
+    for p, dim in pairs:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append((p, dim))
+    return out
 
 
 def _unwrapped_parameters(model: nn.Module) -> List[Tuple[nn.Parameter, int]]:
@@ -45,6 +56,29 @@ def _unwrapped_parameters(model: nn.Module) -> List[Tuple[nn.Parameter, int]]:
     return found
 
 
+def _other_unwrapped_parameters(model: nn.Module, named: List[Tuple[nn.Parameter, int]]
+                                ) -> List[Tuple[nn.Parameter, int]]:
+    """Every parameter outside a layer torch-pruning prunes that `named` does not hold (a timm layer this file and
+    timm_hints.py do not know: relative position bias tables, attention biases, ...), with the dim torch-pruning
+    1.6.1 itself would take: the last one longer than 1. Named here, it does not print its three-line "Unwrapped
+    parameters detected ... please provide an unwrapped_parameters argument" warning, which a prune-run user cannot
+    act on. Such a parameter is pruned only where the dependency graph ties it to pruned channels; a wrong dim
+    leaves a model that cannot run, which the pre-flight check's trial step refuses before training."""
+    wrapped = set()
+    for m in model.modules():
+        kind = tp.ops.module2type(m)
+        if kind in tp.pruner.function.PrunerBox and kind != tp.ops.OPTYPE.ELEMENTWISE:  # the library's own test
+            wrapped.update(id(p) for p in m.parameters())
+    seen = {id(p) for p, _ in named}
+    found: List[Tuple[nn.Parameter, int]] = []
+    for p in model.parameters():
+        long_dims = [d for d, size in enumerate(p.shape) if size > 1]
+        if id(p) not in wrapped and id(p) not in seen and long_dims:
+            found.append((p, long_dims[-1]))
+            seen.add(id(p))
+    return found
+
+
 def pruning_hints(model: nn.Module, num_classes: int) -> Dict[str, Any]:
     """Keyword arguments for a torch-pruning BasePruner: ignored_layers, num_heads (empty, see
     below), out_channel_groups (attention head counts), in_channel_groups (empty),
@@ -54,7 +88,9 @@ def pruning_hints(model: nn.Module, num_classes: int) -> Dict[str, Any]:
     ignored = _classifier_layers(model, num_classes)
     if timm_hints.is_timm_model(model):
         unwrapped += timm_hints.unwrapped_parameters(model)
-        ignored += [m for m in timm_hints.classifier_layers(model) if m not in ignored]
+        ignored += [m for m in timm_hints.ignored_layers(model) if m not in ignored]
+    unwrapped = _dedup(unwrapped)
+    unwrapped += _other_unwrapped_parameters(model, unwrapped)
     return {
         "ignored_layers": ignored,
         # torch-pruning 1.6 skips the whole hidden-width group of a torchvision ViT when its

@@ -197,8 +197,9 @@ def decide(target: float, budget: int, advance: Callable[[], float], read: Calla
             f"readings place the {target}x target ({predicted:.2f}x MACs): a fallback to prediction, not a "
             "confirmed speed-up")
         return Outcome(FALLBACK, stop, None, predicted, taken)
-    if high is None:  # the step budget ended below the target: the best clean reading
-        best = max(clean_readings(), key=lambda m: m.ratio, default=None)
+    if high is None:  # the step budget ended below the target: the best clean reading below it (one above it was
+        #               not confirmed by the next, so it is no figure the run reached)
+        best = closest_below(clean_readings(), target)
         return Outcome(MISSED, len(macs) - 1, best, predict(clean_readings(), target), taken)
     final = taken[-1]
     low = (closest_below(clean_readings(), target) or taken[0]).step
@@ -221,15 +222,22 @@ def decide(target: float, budget: int, advance: Callable[[], float], read: Calla
 
 
 def missed_line(best: Optional[Measurement], target: float, where: str, budget: int,
-                max_pruning_ratio: float) -> str:
-    """Why the target was not reached, for its one-line error: the best clean reading and the likeliest causes."""
+                max_pruning_ratio: float, unconfirmed: int = 0) -> str:
+    """Why the target was not reached, for its one-line error, from confirmed figures only: `best` is the highest
+    clean reading below the target; `unconfirmed` counts clean readings at or above it that the next reading of
+    the same model did not repeat (cited as a count, never as a figure reached)."""
     if best is None:
-        return f"no clean reading of a pruned model ({where}) in prune.iterative_steps={budget} steps"
-    text = (f"reached a measured latency speed-up of only {best.ratio:.2f}x ({where}, at {best.macs_speed_up:.2f}x "
-            f"fewer MACs) of the {target}x target in prune.iterative_steps={budget} steps")
+        text = f"no pruned model read clean below the {target}x latency target ({where}) in " \
+               f"prune.iterative_steps={budget} steps, and none reached it twice in a row"
+    else:
+        text = (f"reached a measured latency speed-up of only {best.ratio:.2f}x ({where}, at {best.macs_speed_up:.2f}x "
+                f"fewer MACs) of the {target}x target in prune.iterative_steps={budget} steps")
+    if unconfirmed:
+        text += (f"; {unconfirmed} clean reading(s) at or above the target were not confirmed by the next reading of "
+                 "the same model (the machine's load varies)")
     if max_pruning_ratio < 1.0:
         text += f", as far as prune.max_pruning_ratio={max_pruning_ratio} allows"
-    if best.macs_speed_up >= target:  # MACs fell by the target, latency did not
+    if best is not None and best.macs_speed_up >= target:  # MACs fell by the target, latency did not
         text += "; latency is bound by what pruning does not shrink (layers that are not pruned, per-layer overhead)"
     return text
 
@@ -277,9 +285,10 @@ def prune_to_latency(model: nn.Module, pruner: tp.pruner.BasePruner, counter: Ma
     changed = loop.changed if rebuild is not None else (lambda: [])
     outcome = decide(target, loop.budget, loop.advance, read, changed, waited, say)
     if outcome.decided == MISSED:
-        raise LatencyTargetError(
-            f"{describe} {missed_line(outcome.final, target, where, loop.budget, pruner.max_pruning_ratio)}; lower "
-            "prune.speed_up" + (", or measure at a larger prune.latency_batch" if meter.batch < 64 else ""))
+        unconfirmed = sum(not m.noisy and m.step > 0 and m.ratio >= target for m in outcome.measurements)
+        why = missed_line(outcome.final, target, where, loop.budget, pruner.max_pruning_ratio, unconfirmed)
+        raise LatencyTargetError(f"{describe} {why}; lower prune.speed_up"
+                                 + (", or measure at a larger prune.latency_batch" if meter.batch < 64 else ""))
     steps = outcome.steps if rebuild is not None else loop.step  # without rebuild no step back
     kept = model if steps == loop.step else model_at(steps)
     result = loop.finish(kept, steps)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 
 def _import_without_timm():
@@ -24,3 +25,15 @@ def _import_without_timm():
 
 
 tp = _import_without_timm()
+
+
+def hide_unwrapped_warning() -> None:
+    """Hide torch-pruning's three-line "Unwrapped parameters detected ... please provide an unwrapped_parameters
+    argument" warning, which names parameters a prune-run user cannot act on. hints.py names every parameter outside
+    a prunable layer that has a dim longer than 1, so what the library still lists is parameters of one element
+    (a scalar gain), which it leaves whole whatever it is told: nothing for the run to change or the user to do.
+    Installed once at import; a `warnings.catch_warnings` block that resets the filters calls it again."""
+    warnings.filterwarnings("ignore", message=r"Unwrapped parameters detected", category=UserWarning)
+
+
+hide_unwrapped_warning()

@@ -3,9 +3,9 @@
 torch-pruning's dependency search can loop without end on some architectures (timm's efficientvit_m0: its
 memory grows by 1 to 3 GB a minute), which a run would only meet after pretraining. So before the first
 stage, a throwaway copy of the model goes through what the pruning stages will do, under a time limit
-(prune.preflight_s, seconds): the pruner's dependency graph and groups, the regularizer's plan, one pruning
-step (with the method's calibration) and a forward of the pruned copy. A model that does not get through, in
-time and within a memory budget, is refused with one line naming the model, the method and where it stopped.
+(prune.preflight_s, seconds): the pruner's dependency graph and groups, the regularizer's plan, two pruning
+steps (with the method's calibration), each followed by a forward of the pruned copy. A model that does not get
+through, in time and within a memory budget, is refused with one line naming the model, the method and where it stopped.
 
 How the limit interrupts: a watchdog on SIGALRM (a repeating real-time timer) raises an exception in the
 main thread. A hang inside torch-pruning is pure Python looping, so the handler runs between two of its
@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from ..models.support import ModelNotSupportedError
+from .candidates import check_per_group_ratios
 from .hints import sync_after_pruning
 from .methods import MethodSpec
 from .progressive import ObdcCalibration, build_pruner, grad_calibration
@@ -137,17 +138,20 @@ def _parameter_bytes(model: nn.Module) -> int:
 
 def check_prunable(model: nn.Module, example_inputs: torch.Tensor, spec: MethodSpec, num_classes: int, *,
                    describe: str, limit_s: float, method_config, pruner_options: dict,
-                   watchdog: Optional[Watchdog] = None) -> None:
+                   watchdog: Optional[Watchdog] = None, per_group_ratios: bool = False) -> None:
     """Take `model` through the pruning stages' torch-pruning work, or raise ModelNotSupportedError with one line
-    naming `describe` ("model X with method Y") and where it stopped. `model` is pruned by one step: give a copy
-    (a run gives a fresh build). `pruner_options` are build_pruner's keyword arguments as the run gives them;
-    `method_config` is the run's MethodConfig (the regularizer's options)."""
+    naming `describe` ("model X with method Y") and where it stopped. `model` is pruned by TRIAL_STEPS steps: give a
+    copy (a run gives a fresh build). `pruner_options` are build_pruner's keyword arguments as the run gives them;
+    `method_config` is the run's MethodConfig (the regularizer's options). `per_group_ratios`: the run searches
+    per-layer widths (prune.allocation=search), which a model must let each group carry (candidates.py)."""
     trial = model.cpu().eval()
     x = example_inputs[:1].detach().cpu()
     watchdog = watchdog or Watchdog(limit_s, MEMORY_HEADROOM + MODEL_COPIES * _parameter_bytes(trial))
     phase = [PHASE_GRAPH]
 
     def work() -> None:
+        if per_group_ratios:
+            check_per_group_ratios(trial, num_classes, describe)
         pruner = build_pruner(trial, x, spec, num_classes, **pruner_options)
         if spec.regularizer is not None:  # sparse_train's regularizer; the prune stage plots its values too
             phase[0] = PHASE_PLAN
@@ -176,14 +180,21 @@ def check_prunable(model: nn.Module, example_inputs: torch.Tensor, spec: MethodS
         raise ModelNotSupportedError(stopped)
 
 
+# pruning steps the trial takes: a model whose first step leaves torch-pruning's index bookkeeping inconsistent
+# fails at the second (timm's dla46x_c: IndexError in its grouped convolutions), which one step would not show
+TRIAL_STEPS = 2
+
+
 def _trial_step(model: nn.Module, pruner, spec: MethodSpec, num_classes: int, x: torch.Tensor) -> None:
-    """One pruning step as the prune stage takes it (calibration first), then a forward of the pruned model."""
+    """TRIAL_STEPS pruning steps as the prune stage takes them (calibration first), each followed by a forward of
+    the pruned model."""
     batch = [(x, torch.zeros(len(x), dtype=torch.long))]  # scores need gradients, not a meaningful loss
-    if spec.calibration == "grad":
-        grad_calibration(model, batch)
-    elif spec.calibration == "obdc":
-        ObdcCalibration(pruner, seed=0)(model, batch)
-    pruner.step()
-    sync_after_pruning(model)
-    with torch.no_grad():
-        model(x)
+    for _ in range(TRIAL_STEPS):
+        if spec.calibration == "grad":
+            grad_calibration(model, batch)
+        elif spec.calibration == "obdc":
+            ObdcCalibration(pruner, seed=0)(model, batch)
+        pruner.step()
+        sync_after_pruning(model)
+        with torch.no_grad():
+            model(x)

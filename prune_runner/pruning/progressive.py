@@ -25,8 +25,11 @@ class PruningTargetError(UserError):
 @explain_failures  # a timm model torch-pruning cannot take apart: one line naming the layer
 def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: MethodSpec, num_classes: int, *,
                  steps: int = 100, max_pruning_ratio: float = 0.9, global_pruning: bool = False,
-                 round_to: Optional[int] = None, normalizer: Optional[str] = None) -> tp.pruner.BasePruner:
-    """A BasePruner whose schedule removes 1/steps of each layer's channels per step.
+                 round_to: Optional[int] = None, normalizer: Optional[str] = None, pruning_ratio: float = 1.0,
+                 ratio_dict: Optional[dict] = None) -> tp.pruner.BasePruner:
+    """A BasePruner whose schedule removes pruning_ratio/steps of each layer's channels per step (1.0: the MACs
+    target stops the schedule long before its end); `ratio_dict` {layer: ratio} overrides a layer's ratio (the
+    one-shot candidates of prune.allocation=search, pruning/candidates.py).
 
     Works around two library defects: the mutable default dicts of BasePruner are
     shared between pruners (we pass fresh ones), and building leaves the model in
@@ -39,7 +42,7 @@ def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: MethodSpe
         example_inputs,
         importance=spec.importance(num_classes, **({"normalizer": normalizer} if normalizer else {})),
         global_pruning=global_pruning,
-        pruning_ratio=1.0,  # the schedule's end point; the MACs target stops us long before
+        pruning_ratio=pruning_ratio,  # the schedule's end point
         iterative_steps=steps,
         max_pruning_ratio=max_pruning_ratio,
         round_to=round_to if round_to is not None else hints.get("round_to"),
@@ -51,7 +54,7 @@ def build_pruner(model: nn.Module, example_inputs: torch.Tensor, spec: MethodSpe
         out_channel_groups=hints["out_channel_groups"],
         channel_groups={},
         head_pruning_ratio_dict=None,
-        pruning_ratio_dict=None,
+        pruning_ratio_dict=ratio_dict,
     )
     model.train(was_training)
     return pruner

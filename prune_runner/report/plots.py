@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..names import override_key, split_overrides
 from ..run.files import atomic_path
 from .reference import load_reference
 
@@ -60,49 +61,72 @@ def method_styles(methods: list[str]) -> dict[str, dict]:
 
 
 def tradeoff_figure(rows: list[dict], reference: list[dict]):
-    """The figure of plot_tradeoff: one panel per dataset/model, followed by a second one against the measured
-    latency speed-up where its runs measured latency; one legend for all of them (right)."""
+    """The figure of plot_tradeoff: one panel per dataset/model, followed by one against the measured latency
+    speed-up per batch size its runs measured; one legend for all of them (right)."""
     pairs = sorted({(r["dataset"], r["model"]) for r in rows}) or [("", "")]
-    panels = []  # (dataset/model, the speed-up on the x axis)
+    panels = []  # (dataset/model, batch size of the latency on the x axis; None: MACs)
     for pair in pairs:
-        panels.append((pair, "speed_up"))
-        if any(r.get("latency_speed_up") for r in rows if (r["dataset"], r["model"]) == pair):
-            panels.append((pair, "latency_speed_up"))
+        panels.append((pair, None))
+        batches = {bs for r in rows if (r["dataset"], r["model"]) == pair for bs in r.get("latency") or {}}
+        panels += [(pair, bs) for bs in sorted(batches)]
     cols = min(PANEL_COLUMNS, len(panels))
     n_rows = -(-len(panels) // cols)
     fig = _new_figure((PANEL_SIZE[0] * cols + LEGEND_WIDTH, PANEL_SIZE[1] * n_rows + 0.6))
     axes = fig.subplots(n_rows, cols, squeeze=False).ravel()
     styles = method_styles(sorted({r["method"] for r in rows}))
     handles: dict[str, Any] = {}
-    for ax, (pair, x) in zip(axes, panels):
+    for ax, (pair, batch) in zip(axes, panels):
         members = [r for r in rows if (r["dataset"], r["model"]) == pair]
-        _draw_panel(ax, pair, members, reference if x == "speed_up" else [], styles, handles, x)
+        _draw_panel(ax, pair, members, reference if batch is None else [], styles, handles, batch)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     with_latency = len(panels) > len(pairs)
-    fig.supxlabel("MACs speed-up (base MACs / pruned MACs)" + ("; panels marked 'latency': measured latency "
-                                                               "speed-up" if with_latency else ""))
+    fig.supxlabel("MACs speed-up (base MACs / pruned MACs)" + ("; panels marked 'latency bs N': measured latency "
+                                                               "speed-up at batch N" if with_latency else ""))
     fig.supylabel("top-1 accuracy after fine-tuning (%)")
-    fig.suptitle("Accuracy vs speed-up" if rows else "Accuracy vs speed-up (no runs)")
+    fig.suptitle("Accuracy vs speed-up; a line joins runs that differ in speed-up alone" if rows else
+                 "Accuracy vs speed-up (no runs)")
     if handles:
         fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize=8)
     return fig
 
 
-def _draw_panel(ax, pair, rows, reference, styles, handles, x: str = "speed_up") -> None:
-    """One dataset/model: a line per method (error bars: std over seeds), the base accuracy, published points.
-    `x`: the row's speed-up on the x axis, speed_up (MACs) or latency_speed_up (measured)."""
-    for method in sorted({r["method"] for r in rows}):
-        members = sorted((r for r in rows if r["method"] == method and r.get(x)), key=lambda r: r[x].mean)
-        if not members:
-            continue
-        xs = [r[x].mean for r in members]
+def curve_key(row: dict) -> tuple:
+    """What a line's runs share: everything but the speed-up (method, allocation, the other overrides, the setup)."""
+    rest = tuple(i for i in split_overrides(row.get("overrides") or "") if override_key(i) != "prune.speed_up")
+    return row["method"], row.get("allocation", "uniform"), rest
+
+
+def _x(row: dict, batch: int | None) -> float | None:
+    """The row's speed-up on a panel's x axis: MACs (batch None), or the measured latency at `batch`."""
+    stat = row["speed_up"] if batch is None else (row.get("latency") or {}).get(batch)
+    return None if stat is None else stat.mean
+
+
+Y_PAD = 0.08  # of a panel's accuracy span, above and below what it shows (the base line included)
+
+
+def _draw_panel(ax, pair, rows, reference, styles, handles, batch: int | None = None) -> None:
+    """One dataset/model: a line per set of runs that differ in speed-up alone, coloured by method (error bars: std
+    over seeds), the base accuracy, published points. `batch`: None for MACs on the x axis, else the latency
+    speed-up measured at that batch size. The y axis covers what is drawn and the base line, within 0-100%."""
+    curves: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if _x(row, batch) is not None:
+            curves.setdefault(curve_key(row), []).append(row)
+    ys_shown = []
+    for key in sorted(curves):
+        members = sorted(curves[key], key=lambda r: _x(r, batch))
+        method = key[0]
+        xs = [_x(r, batch) for r in members]
         ys = [r["final_acc"].mean for r in members]
         errs = [r["final_acc"].std or 0.0 for r in members]
         handles[method] = ax.errorbar(xs, ys, yerr=errs, capsize=3, linestyle="-", **styles[method])
+        ys_shown += [y + e for y, e in zip(ys, errs)] + [y - e for y, e in zip(ys, errs)]
     if rows:
         base = float(np.mean([r["base_acc"].mean for r in rows]))
         handles["base (unpruned)"] = ax.axhline(base, linestyle=":", color="gray", linewidth=1)
+        ys_shown.append(base)
     matching = [ref for ref in reference if (ref["dataset"], ref["model"]) == pair]
     for i, ref in enumerate(matching):
         handles["published reference"] = ax.scatter(
@@ -110,17 +134,22 @@ def _draw_panel(ax, pair, rows, reference, styles, handles, x: str = "speed_up")
         ax.annotate(f"{ref['label']} {ref['speed_up']:.2f}x", (ref["speed_up"], ref["pruned_acc"]),
                     textcoords="offset points", xytext=(6, 4 if i % 2 == 0 else -10),  # alternate: points sit close
                     fontsize=7, annotation_clip=True)
+        ys_shown.append(ref["pruned_acc"])
+    if ys_shown:
+        low, high = min(ys_shown), max(ys_shown)
+        pad = Y_PAD * max(high - low, 1.0)  # at least 1 pp of span: a flat panel still shows its points apart
+        ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad))  # accuracy lies in 0-100%
     title = f"{pair[0]}/{pair[1]}" if rows else ""
-    if x == "latency_speed_up":
-        where = sorted({f"bs {r['latency_batch']}, {r['latency_device']}" for r in rows if r.get(x)})
-        title += f": latency ({'; '.join(where)})"
+    if batch is not None:
+        where = sorted({r["latency_device"] for r in rows if r.get("latency_device") and _x(r, batch) is not None})
+        title += f": latency bs {batch}" + (f" ({'; '.join(where)})" if where else "")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
 
 
 def plot_tradeoff(rows: list[dict], path: str | os.PathLike, reference: list[dict] | None = None) -> Path:
-    """Final accuracy (%) vs MACs speed-up: a panel per dataset/model, a line per method in it; next to it a
-    panel against the measured latency speed-up where those runs measured latency.
+    """Final accuracy (%) vs MACs speed-up: a panel per dataset/model, a line per set of runs that differ in
+    speed-up alone; next to it a panel against the measured latency speed-up per batch size measured.
 
     `rows` come from summary.aggregate. Error bars show the std over seeds. `reference` are published
     points (load_reference() when None; pass [] for none); those of a plotted dataset/model are
@@ -198,9 +227,16 @@ def plot_importance(
 
 # --- a search: objective against each searched parameter ----------------------------------------------
 
-def plot_study(trials: list[dict], keys: list[str], objective: str, best: dict | None, path: Path) -> Path:
+def plot_study(trials: list[dict], keys: list[str], objective: str, best: dict | None, path: Path,
+               log_keys: list[str] = ()) -> Path:
     """study.png of a search (search.write_study): one panel per searched parameter, each finished trial's
-    objective against its value (a log axis over a decade or more); the best trial a red star."""
+    objective against its value (a log axis for a parameter searched on a log scale, `log_keys`, or whose values
+    span a decade or more); the best trial a red star."""
+    return _save(study_figure(trials, keys, objective, best, log_keys), path)
+
+
+def study_figure(trials: list[dict], keys: list[str], objective: str, best: dict | None, log_keys=()):
+    """The figure of plot_study."""
     keys = keys or ["trial"]
     fig = _new_figure((4.0 * len(keys) + 1.0, 3.6))
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
@@ -208,7 +244,7 @@ def plot_study(trials: list[dict], keys: list[str], objective: str, best: dict |
     for ax, key in zip(axes, keys):
         xs = [t["number"] if key == "trial" else t["params"].get(key) for t in done]
         ys = [t["value"] for t in done]
-        numeric = all(isinstance(x, float) for x in xs)
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
         if not numeric:  # categorical values: one position each, in order of appearance
             labels = list(dict.fromkeys(str(x) for x in xs))
             xs = [labels.index(str(x)) for x in xs]
@@ -218,14 +254,15 @@ def plot_study(trials: list[dict], keys: list[str], objective: str, best: dict |
             i = done.index(best)
             ax.scatter([xs[i]], [ys[i]], color="tab:red", s=80, marker="*", label=f"best (trial {best['number']})")
         positive = [x for x in xs if x > 0] if numeric else []
-        if numeric and positive and len(positive) == len(xs) and max(positive) / min(positive) >= 10:
+        if numeric and positive and len(positive) == len(xs) and (key in log_keys or max(positive) / min(positive)
+                                                                  >= 10):
             ax.set_xscale("log")  # e.g. a regularization strength searched on a log scale
         ax.set_xlabel(key)
         ax.set_ylabel(objective)
         ax.grid(True, alpha=0.3)
     axes[0].legend(loc="best", fontsize="small")
     fig.suptitle(f"{len(done)} of {len(trials)} trials finished")
-    return _save(fig, path)
+    return fig
 
 
 # --- a multi-objective search: the first objective against the second, the Pareto front joined --------

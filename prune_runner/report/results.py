@@ -89,7 +89,10 @@ def build_results(cfg: RunConfig, records: Dict[str, dict], final: dict, latency
         "speed_up": base["macs"] / final["macs"],
         "params_ratio": final["params"] / base["params"],
         "prune_steps": pruned.get("steps"),
+        "round_to": pruned.get("round_to"),  # the channel multiple pruned to, prune.round_to=auto resolved
         "latency": _latency_summary(latency),
+        # prune.allocation=search only: candidate count, the winner's proxy and the default allocations'
+        **({"search": pruned["search"]} if "search" in pruned else {}),
         "provenance": {"torch": torch.__version__, "torch_pruning": importlib.metadata.version("torch-pruning"),
                        "prune_runner": __version__, "python": platform.python_version(),
                        "device": str(device), "cpu": cpu_name(), "world_size": world_size,

@@ -11,13 +11,9 @@ import json
 import logging
 import os
 import statistics
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-from rich.console import Console
-from rich.table import Table
 
 from ..config import STAGES
 from ..errors import UserError
@@ -30,7 +26,8 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 # Sub-folders that mark a run directory even before results.json exists (Hydra's own, and the stages).
 RUN_MARKERS = (".hydra", *STAGES)
-GROUP_KEYS = ("dataset", "model", "method", "overrides", "setup")  # overrides: with the setup's label
+# overrides: with the setup's label; allocation: prune.allocation from the run's config.json
+GROUP_KEYS = ("dataset", "model", "method", "overrides", "setup", "allocation")
 
 
 @dataclass(frozen=True)
@@ -71,7 +68,24 @@ def _load_results(path: Path) -> dict | None:
         log.warning("skipping unreadable %s: %s", path, err)
         return None
     run["run_dir"] = str(path.parent)  # where it is now, which may differ from where it was written
+    run["allocation"] = allocation_of(path.parent / "config.json")
     return run
+
+
+def allocation_of(config_path: Path) -> str:
+    """How the run spread its pruning over the layers, from its config.json: prune.allocation (uniform, global or
+    search); a run from before that option reads method.global_pruning (true: global); no readable config:
+    uniform, the default then and now."""
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return "uniform"
+    prune = config.get("prune") if isinstance(config, dict) else None
+    allocation = prune.get("allocation") if isinstance(prune, dict) else None
+    if isinstance(allocation, str) and allocation:
+        return allocation
+    method = config.get("method") if isinstance(config, dict) else None
+    return "global" if isinstance(method, dict) and method.get("global_pruning") is True else "uniform"
 
 
 def scan_runs(root: str | os.PathLike) -> tuple[list[dict], list[Path]]:
@@ -109,19 +123,13 @@ def scan_runs(root: str | os.PathLike) -> tuple[list[dict], list[Path]]:
 # --- aggregation -------------------------------------------------------------------------------------
 
 
-def _latency_at_largest_batch(run: dict) -> tuple[int, float, str, bool] | None:
-    """(batch size, latency speed-up, device, noisy) at the run's largest measured batch, or None."""
-    latency = run.get("latency")
-    if not latency or not latency.get("speed_up"):
-        return None
-    speed_ups = {int(bs): float(v) for bs, v in latency["speed_up"].items() if v is not None}
-    if not speed_ups:
-        return None
-    batch = (run.get("target") or {}).get("batch")  # a latency target's batch first
-    batch = batch if batch in speed_ups else max(speed_ups)
-    noisy = bool((latency.get("noisy") or {}).get(str(batch)))  # spread too wide to trust (interleaved runs)
+def _latencies(run: dict) -> dict[int, tuple[float, str, bool]]:
+    """{batch size: (latency speed-up, device and precision, noisy)} of every batch the run measured."""
+    latency = run.get("latency") or {}
     where = ", ".join(str(x) for x in (latency.get("device", "?"), latency.get("dtype")) if x)
-    return batch, speed_ups[batch], where, noisy
+    noisy = latency.get("noisy") or {}  # a spread too wide to trust (interleaved runs)
+    return {int(bs): (float(v), where, bool(noisy.get(str(bs)))) for bs, v in (latency.get("speed_up") or {}).items()
+            if v is not None}
 
 
 def _target_label(run: dict) -> str | None:
@@ -146,12 +154,13 @@ def _setup_label(run: dict) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def _group_key(run: dict) -> tuple[str, str, str, str, str]:
-    """Runs whose results may be combined: same choices, overrides and setup (results.json files written
-    before "setup" existed group by their overrides alone)."""
+def _group_key(run: dict) -> tuple[str, ...]:
+    """Runs whose results may be combined: same choices, overrides, setup and allocation (results.json files
+    written before "setup" existed group by their overrides alone)."""
     choices = run["choices"]
     setup_key = (run.get("setup") or {}).get("key", "")
-    return str(choices["dataset"]), str(choices["model"]), str(choices["method"]), _setup_label(run), setup_key
+    return (str(choices["dataset"]), str(choices["model"]), str(choices["method"]), _setup_label(run), setup_key,
+            str(run.get("allocation", "uniform")))
 
 
 def _one_run_per_seed(runs: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -163,12 +172,11 @@ def _one_run_per_seed(runs: list[dict]) -> tuple[list[dict], list[dict]]:
     return kept, reruns
 
 
-def _aggregate_group(key: tuple[str, str, str, str, str], runs: list[dict]) -> dict:
+def _aggregate_group(key: tuple[str, ...], runs: list[dict]) -> dict:
     pct = 100.0  # fractions -> percent (and accuracy deltas -> percentage points)
     runs, reruns = _one_run_per_seed(runs)
-    latencies = [lat for lat in map(_latency_at_largest_batch, runs) if lat is not None]
-    batch = max((lat[0] for lat in latencies), default=None)
-    at_batch = [lat for lat in latencies if lat[0] == batch]
+    latencies = [_latencies(r) for r in runs]
+    batches = sorted({bs for lat in latencies for bs in lat})
     params = [r["params_ratio"] for r in runs if r.get("params_ratio") is not None]
     targets = {_target_label(r) for r in runs}
     pruned_accs = [(r.get("pruned") or {}).get("acc") for r in runs]
@@ -183,10 +191,10 @@ def _aggregate_group(key: tuple[str, str, str, str, str], runs: list[dict]) -> d
         "acc_delta": Stat.of(r.get("acc_delta", r["final"]["acc"] - r["base"]["acc"]) * pct for r in runs),
         "speed_up": Stat.of(r["speed_up"] for r in runs),
         "target_speed_up": targets.pop() if len(targets) == 1 else None,
-        "latency_speed_up": Stat.of(lat[1] for lat in at_batch),
-        "latency_batch": batch,
-        "latency_device": ",".join(sorted({lat[2] for lat in at_batch})) or None,
-        "latency_noisy": sum(lat[3] for lat in at_batch),  # runs whose latency spread was too wide
+        # per batch size: the runs that measured it combined; noisy: how many of them had too wide a spread
+        "latency": {bs: Stat.of(lat[bs][0] for lat in latencies if bs in lat) for bs in batches},
+        "latency_noisy": {bs: sum(lat[bs][2] for lat in latencies if bs in lat) for bs in batches},
+        "latency_device": "; ".join(sorted({lat[bs][1] for lat in latencies for bs in lat})) or None,
         "params_ratio": Stat.of(params),
         "run_dirs": [r["run_dir"] for r in runs],
         "reruns": [r["run_dir"] for r in reruns],
@@ -195,18 +203,32 @@ def _aggregate_group(key: tuple[str, str, str, str, str], runs: list[dict]) -> d
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
-    """One row per (dataset, model, method, overrides and setup): seeds combined, a seed counted once;
+    """One row per (dataset, model, method, overrides, setup and allocation): seeds combined, a seed counted once;
     sorted by dataset, model, method, then speed-up."""
-    groups: dict[tuple[str, str, str, str, str], list[dict]] = {}
+    groups: dict[tuple[str, ...], list[dict]] = {}
     for run in runs:
         groups.setdefault(_group_key(run), []).append(run)
     rows = [_aggregate_group(key, group) for key, group in groups.items()]
     rows = sorted(rows, key=lambda r: (*[r[k] for k in GROUP_KEYS[:3]], r["speed_up"].mean, r["overrides"]))
-    labels = [tuple(r[k] for k in GROUP_KEYS[:4]) for r in rows]
+    labels = [tuple(r[k] for k in ("dataset", "model", "method", "overrides", "allocation")) for r in rows]
     for row, label in zip(rows, labels):  # rows that would read the same: tell them apart by setup key
         if labels.count(label) > 1 and row["setup"]:
             row["overrides"] = f"{row['overrides']}; setup {row['setup']}".lstrip("; ")
     return rows
+
+
+def counts_line(rows: list[dict], incomplete: list[Path]) -> str:
+    """How many runs the table holds, the same sentence in report.md and on the console: every finished run, of
+    which reruns of a seed (the same setup and seed as a run in a row) are listed but not counted again."""
+    counted = sum(r["n"] for r in rows)
+    reruns = sum(len(r["reruns"]) for r in rows)
+    text = f"{counted + reruns} finished run(s) in {len(rows)} row(s)"
+    if reruns:
+        text += (f": {counted} counted, {reruns} rerun(s) of a seed already counted (the same setup and seed as a "
+                 "run in its row, so not another seed; listed in report.md)")
+    if incomplete:
+        text += f"; {len(incomplete)} incomplete run(s) skipped (no results.json)"
+    return text
 
 
 # --- formatting --------------------------------------------------------------------------------------
@@ -220,35 +242,55 @@ def _fmt_seeds(row: dict) -> str:
     return f"{row['n']} ({', '.join(str(s) for s in row['seeds'])})"
 
 
-def _fmt_latency(row: dict) -> str:
-    if row["latency_speed_up"] is None:
+def latency_batches(rows: list[dict]) -> list[int]:
+    """The batch sizes any row measured latency at: a column each."""
+    return sorted({bs for r in rows for bs in r.get("latency") or {}})
+
+
+def latency_where(rows: list[dict]) -> str | None:
+    """The device and precision of every latency figure in `rows` when they share one, else None (then each cell
+    names its own)."""
+    wheres = {r["latency_device"] for r in rows if r.get("latency_device")}
+    return wheres.pop() if len(wheres) == 1 and ";" not in next(iter(wheres)) else None
+
+
+def fmt_latency(row: dict, batch: int, where: str | None) -> str:
+    """The row's latency speed-up at `batch` ("-": not measured), NOISY with the count of runs too noisy to trust;
+    the device when the column's header does not name it."""
+    stat = (row.get("latency") or {}).get(batch)
+    if stat is None:
         return "-"
-    text = f"{row['latency_speed_up'].format(unit='x')} (bs {row['latency_batch']}, {row['latency_device']})"
-    if row.get("latency_noisy"):
-        text += f" NOISY ({row['latency_noisy']} run(s))"
-    return text
+    text = stat.format(unit="x") + ("" if where else f" ({row['latency_device']})")
+    noisy = (row.get("latency_noisy") or {}).get(batch)
+    return text + (f" NOISY ({noisy} run(s))" if noisy else "")
 
 
-# (header, cell formatter); the same columns in report.md and the console table.
-COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
-    ("dataset", lambda r: r["dataset"]),
-    ("model", lambda r: r["model"]),
-    ("method", lambda r: r["method"]),
-    ("overrides", lambda r: (r["overrides"] or "-") + (" [front]" if r.get("front") else "")),
-    ("seeds (n)", _fmt_seeds),
-    ("base acc %", lambda r: _fmt(r["base_acc"])),
-    ("pruned acc %", lambda r: _fmt(r["pruned_acc"])),
-    ("final acc %", lambda r: _fmt(r["final_acc"])),
-    ("Δ acc (pp)", lambda r: _fmt(r["acc_delta"], signed=True)),
-    ("target speed-up", lambda r: r["target_speed_up"] or "-"),
-    ("MACs speed-up", lambda r: _fmt(r["speed_up"], unit="x")),
-    ("latency speed-up", _fmt_latency),
-    ("params ratio", lambda r: _fmt(r["params_ratio"], digits=3)),
-]
+def columns(rows: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
+    """(header, cell formatter) of report.md's table over `rows`: a latency column per batch size measured."""
+    where = latency_where(rows)
+    latency = [(f"latency speed-up, bs {bs}" + (f" ({where})" if where else ""),
+                lambda r, bs=bs: fmt_latency(r, bs, where)) for bs in latency_batches(rows)]
+    return [
+        ("dataset", lambda r: r["dataset"]),
+        ("model", lambda r: r["model"]),
+        ("method", lambda r: r["method"]),
+        ("allocation", lambda r: r.get("allocation", "uniform")),
+        ("overrides", lambda r: (r["overrides"] or "-") + (" [front]" if r.get("front") else "")),
+        ("seeds (n)", _fmt_seeds),
+        ("base acc %", lambda r: _fmt(r["base_acc"])),
+        ("pruned acc %", lambda r: _fmt(r["pruned_acc"])),
+        ("final acc %", lambda r: _fmt(r["final_acc"])),
+        ("Δ acc (pp)", lambda r: _fmt(r["acc_delta"], signed=True)),
+        ("target speed-up", lambda r: r["target_speed_up"] or "-"),
+        ("MACs speed-up", lambda r: _fmt(r["speed_up"], unit="x")),
+        *latency,
+        ("params ratio", lambda r: _fmt(r["params_ratio"], digits=3)),
+    ]
 
 
-def format_row(row: dict) -> list[str]:
-    return [cell(row) for _, cell in COLUMNS]
+def format_row(row: dict, rows: list[dict] | None = None) -> list[str]:
+    """The row's cells in report.md's columns (those of `rows`, the whole table; default: this row alone)."""
+    return [cell(row) for _, cell in columns(rows or [row])]
 
 
 def _md_cell(text: str) -> str:
@@ -293,22 +335,25 @@ def _reference_section(rows: list[dict], reference: list[dict]) -> list[str]:
 def render_markdown(
     root: Path, rows: list[dict], incomplete: list[Path], reference: list[dict], plot_name: str | None
 ) -> str:
-    n_runs = sum(r["n"] for r in rows)
+    table = columns(rows)
     lines = [
         "# Pruning results",
         "",
-        f"`{root}`: {n_runs} finished run(s) in {len(rows)} group(s).",
+        f"`{root}`: {counts_line(rows, incomplete)}.",
         "",
-        markdown_table([h for h, _ in COLUMNS], [format_row(r) for r in rows]),
+        markdown_table([h for h, _ in table], [[cell(r) for _, cell in table] for r in rows]),
         "",
         (
             "Accuracy: top-1 on the test split, mean ± sample std over seeds (std only with several seeds). "
             "Pruned acc: right after pruning, before fine-tuning. Δ acc = final − base in percentage points. "
             "Target speed-up: prune.speed_up, of MACs or (marked latency) of the measured latency at a batch "
             "size (prune.target). MACs speed-up = base MACs / final MACs (reached). "
-            "A row holds runs of one setup: the same overrides, base checkpoint, resumed-from stage and stages run. "
-            "Latency speed-up: median base / final latency ratio of interleaved repetitions at a latency target's "
-            "batch size, else the largest measured one, with the device and precision; NOISY marks a ratio whose "
+            "A row holds runs of one setup: the same overrides, base checkpoint, resumed-from stage, stages run and "
+            "allocation (prune.allocation: uniform, global or search; runs from before it: method.global_pruning). "
+            "Seeds (n): how many seeds the row combines, and which; a rerun of a seed (the same setup and seed "
+            "again, e.g. in another folder) is listed below, not counted twice. "
+            "Latency speed-up, bs N: median base / final latency ratio of interleaved repetitions at batch size N, "
+            "with the device and precision; NOISY marks a ratio whose "
             "interquartile range is too wide to trust (a busy machine). "
             "Params ratio = final params / base params."
         ),
@@ -367,17 +412,6 @@ class NoFinishedRunsError(UserError):
         super().__init__(
             f"no finished runs (no {RESULTS_FILE}) under {root}; {n_incomplete} incomplete run(s)"
         )
-
-
-def print_table(rows: list[dict], console=None) -> None:
-    """The report table on the terminal (rich); 200 columns wide when the output is not a terminal."""
-    console = console or Console(width=None if sys.stdout.isatty() else 200)
-    table = Table(title="Pruning results (acc %: mean ± std over seeds)")
-    for header, _ in COLUMNS:
-        table.add_column(header, justify="left" if header in GROUP_KEYS else "right", overflow="fold")
-    for row in rows:
-        table.add_row(*format_row(row))
-    console.print(table)
 
 
 def front_run_dirs(sweep_dir: Path) -> list[str]:

@@ -59,6 +59,6 @@ def _check_run(state: RunState) -> None:
             check_prunable(model, state.data.example_input(1), state.spec, state.num_classes,
                            describe=f"model {cfg.model.name} with method {cfg.method.name}",
                            limit_s=cfg.prune.preflight_s, method_config=cfg.method,
-                           pruner_options=pruner_options(state))
+                           pruner_options=pruner_options(state), per_group_ratios=cfg.prune.allocation == "search")
         finally:
             random.setstate(python_rng)

@@ -41,8 +41,7 @@ STAGE_KEYS: Dict[str, List[str]] = {
                  "dataset.train_limit", "schedule.pretrain", "seed"],
     "sparse_train": ["method.name", "method.reg", "method.reg_warmup", "method.alpha", "method.delta_reg",
                      "method.reg_update_every", "schedule.sparse_train", "seed"],
-    "prune": ["method.name", "method.global_pruning", "method.normalizer", "method.importance_batches", "prune",
-              "seed"],
+    "prune": ["method.name", "method.normalizer", "method.importance_batches", "prune", "seed"],
     "finetune": ["schedule.finetune", "seed"],
     "eval": ["eval", "export"],
 }
@@ -55,7 +54,8 @@ RESULTS, EXPORT = "results.json", "export"  # eval's results (they name the run)
 # files (or folders) a stage writes into its own folder besides its checkpoint; the run dir links them up to
 # its top (in this order: results name the exported files), and a cache entry keeps them, so a finished or
 # reused stage can always put them back
-ARTIFACTS: Dict[str, List[str]] = {"prune": ["sparsity.png"], "eval": [EXPORT, RESULTS]}
+ARTIFACTS: Dict[str, List[str]] = {"prune": ["sparsity.png", "candidates.jsonl", "search.png"],
+                                   "eval": [EXPORT, RESULTS]}
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,13 @@ def _prune_device_keys(cfg: RunConfig, inputs: StageInputs, own: dict) -> None:
         own["env.device"], own["env.latency_dtype"] = inputs.device, inputs.latency_dtype
     if cfg.prune.target != "latency":
         own.pop("prune.latency_batch", None)
+    # prune.allocation replaced method.global_pruning: uniform and global are hashed under the old key, so the
+    # prune stages recorded before stay finished; the search's settings count only for a search
+    if cfg.prune.allocation != "search":
+        own.pop("prune.allocation", None)
+        for key in [k for k in own if k.startswith("prune.search.")]:
+            del own[key]
+        own["method.global_pruning"] = cfg.prune.allocation == "global"
 
 
 def chain(own: dict, upstream: Optional[dict]) -> dict:

@@ -46,6 +46,7 @@ from ..train.loop import evaluate, make_optimizer, make_scheduler, train_epoch
 from .distributed import barrier, wrap_ddp
 from .files import atomic_write_json
 from .records import StageDir, teacher_record
+from .search_stage import prune_by_search
 from .state import RunState
 
 EVAL_BATCH = 256  # images per evaluation batch
@@ -187,7 +188,7 @@ def pruner_options(state: RunState) -> dict:
     round_to = resolve_round_to(cfg.prune.round_to, state.device,
                                 resolve_latency_dtype(cfg.eval.latency_dtype, state.device))
     return dict(steps=cfg.prune.iterative_steps, max_pruning_ratio=cfg.prune.max_pruning_ratio,
-                global_pruning=cfg.method.global_pruning, round_to=round_to, normalizer=cfg.method.normalizer)
+                global_pruning=cfg.prune.allocation == "global", round_to=round_to, normalizer=cfg.method.normalizer)
 
 
 def _pruner(state: RunState):
@@ -257,8 +258,16 @@ def prune(state: RunState, run: StageRun):
         state.say(f"prune step {step}/{budget}: MACs speed-up {speed_up:.3f}x, target {cfg.prune.speed_up}x"
                   + (" measured latency" if cfg.prune.target == "latency" else ""))
 
+    round_to = pruner_options(state)["round_to"]  # the channel multiple, auto resolved for this device
+    if cfg.prune.round_to == "auto":
+        state.say(f"prune: round_to=auto is {round_to} on {state.device.type} "
+                  f"{resolve_latency_dtype(cfg.eval.latency_dtype, state.device)} (pruning/round_to.py): pruned layers "
+                  f"keep a multiple of {round_to} channels")
     describe = f"model {cfg.model.name} with method {cfg.method.name}"
-    if cfg.prune.target == "latency":  # may step back to an earlier, rebuilt model (a stop past the need)
+    if cfg.prune.allocation == "search":  # candidates pruned in one shot from copies, the best kept (search_stage.py)
+        result = prune_by_search(state, run, pruner_options(state))
+        model, history = result.pop("model"), result.pop("history")
+    elif cfg.prune.target == "latency":  # may step back to an earlier, rebuilt model (a stop past the need)
         result = prune_to_latency_in_run(
             model, pruner, example, cfg.prune.speed_up, device=state.device, batch=cfg.prune.latency_batch,
             dtype=resolve_latency_dtype(cfg.eval.latency_dtype, state.device), num_classes=state.num_classes,
@@ -288,9 +297,11 @@ def prune(state: RunState, run: StageRun):
         acc_line += f"; {settled['rescaled']} live filters rescaled to unit norm, {settled['zeroed']} dead ones zeroed"
     state.say(f"prune: {result['steps']} steps, MACs {result['base_macs'] / 1e6:.2f}M -> {metrics['macs'] / 1e6:.2f}M "
               f"({result['speed_up']:.2f}x), {acc_line}")
-    metrics.update(steps=result["steps"], speed_up=result["speed_up"])
+    metrics.update(steps=result["steps"], speed_up=result["speed_up"], round_to=round_to)  # round_to: as resolved
     if "latency" in result:  # prune.target=latency: what was measured, and what measuring cost
         metrics["latency"] = result["latency"]
+    if "search" in result:  # prune.allocation=search: results.json's `search` section
+        metrics["search"] = result["search"]
     return metrics, state.payload()
 
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict
@@ -62,6 +63,23 @@ def run_name(cfg: RunConfig, overrides: str) -> str:
     return f"{cfg.dataset.name}/{cfg.model.name}/{cfg.method.name}/{overrides or 'default'}/seed{cfg.seed}"
 
 
+MAX_ERROR_CHARS = 200  # of an error's text in the warning line: the cause fits, a server's HTML page does not
+OS_ERROR = re.compile(r"\[Errno -?\d+\][^'\")\]]*")  # "[Errno 111] Connection refused", inside a wrapper's text
+
+
+def error_text(err: BaseException) -> str:
+    """An error in one line for the warning: the operating system's reason where a wrapper (requests, urllib3)
+    buries it ("ConnectionError: [Errno 111] Connection refused"), else the error's own text, shortened at a word
+    with "..." where it runs past MAX_ERROR_CHARS, never cut mid-word."""
+    text = " ".join(str(err).split())
+    found = OS_ERROR.search(text)
+    if found:
+        text = found.group(0).strip().rstrip(",;:")
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def _numbers(tree: dict) -> dict:
     return {k: float(v) for k, v in dotted(tree).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
@@ -89,9 +107,8 @@ class MlflowTracker:
         try:
             fn(*args)
         except Exception as err:  # logging must never fail a run
-            text = " ".join(str(err).split())[:160]
             self.warn(f"warning: MLflow logging off for this run: {what} failed at {self.uri} "
-                      f"({type(err).__name__}: {text}); the run goes on")
+                      f"({error_text(err)}); the run goes on")
             self.run_id = None
 
     # ---- start: the experiment, and this run dir's MLflow run (continued, or new) ----
