@@ -79,6 +79,10 @@ def console_columns(rows: list[dict]) -> tuple[list[tuple[str, Callable[[dict], 
     constant = [k for k in CONSTANT_KEYS if len({r.get(k, "uniform") for r in rows}) == 1]
     differing, shared = differing_overrides(rows)
     differing = [k for k in differing if k != "prune.speed_up"]  # the target column shows it
+    # the keys that tell most rows apart first, so that a cut cell still shows them (a search's `reg` before the
+    # `eval.latency=false` that most rows share)
+    values = [{_key(i): i for i in override_items(r["overrides"])} for r in rows]
+    differing.sort(key=lambda k: -len({v.get(k) for v in values}))
     short = _short_keys(differing)
 
     def overrides(row: dict) -> str:
