@@ -23,6 +23,7 @@ from that file. `tests/test_timm_walk.py` (`make test-walk`) runs the same walk 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -291,15 +292,14 @@ def write_docs(text: str, path: Path = DOCS) -> None:
 
 
 def _meta() -> dict:
-    import torch_pruning
-
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"timm": _timm().__version__, "torch_pruning": torch_pruning.__version__, "cpu": cpu,
+    # the installed distribution's version: torch_pruning.__version__ says 1.6.0 in release 1.6.1
+    return {"timm": _timm().__version__, "torch_pruning": importlib.metadata.version("torch-pruning"), "cpu": cpu,
             "machine": f"{torch.get_num_threads()} thread(s) on {cpu} ({os.cpu_count()} cores)"}
 
 
