@@ -29,6 +29,10 @@ class DatasetConfig:
     augment: bool = True  # random crop (+ flip where the dataset allows)
     workers: int = 4  # DataLoader workers, folder datasets only
     train_limit: Optional[int] = None  # keep only the first N training samples (smoke runs)
+    # fraction of the TRAINING split withheld from every training stage (pretrain, sparse_train, prune, finetune),
+    # whose top-1 the eval stage reports as results.json's holdout.acc; null: nothing withheld. The Optuna sweeper
+    # sets it (0.1) for a trial whose objective reads accuracy, so that the search never selects on the test split
+    holdout: Optional[float] = None
 
 
 @dataclass

@@ -119,9 +119,6 @@ def _check_allocation(cfg: RunConfig) -> None:
                                          "it must be >= 1")
     _check(math.isfinite(s.holdout) and 0 < s.holdout < 1,
            f"prune.search.holdout={s.holdout} is invalid; it is a fraction of the training split, in (0, 1)")
-    _check(p.allocation != "search" or p.target == "macs",
-           "prune.allocation=search takes prune.target=macs only (a latency target is not searched yet); "
-           "use prune.target=macs, or prune.allocation=uniform or global")
 
 
 def _check_dependencies(cfg: RunConfig) -> None:

@@ -16,8 +16,9 @@ than 32 px. Then, with group_norm and with l1:
     python scripts/timm_walk.py --family levit mobilevit --no-docs
 
 Results go to a JSON file (--results, default outputs/timm_walk.json) family by family, and a rerun takes up
-where it stopped (--fresh starts again). The table between the markers in docs/how-to/models.md is generated
-from that file. `tests/test_timm_walk.py` (`make test-walk`) runs the same walk as a test.
+where it stopped (--fresh walks the families asked for again, all by default). The table between the markers in
+docs/how-to/models.md is generated from that file once it holds every family. `tests/test_timm_walk.py`
+(`make test-walk`) runs the same walk as a test.
 """
 
 from __future__ import annotations
@@ -127,8 +128,9 @@ def _fresh(name: str, side: int) -> nn.Module:
 
 def refusal(name: str, side: int, method: str) -> Optional[str]:
     """The one line a run gives before training, or None: support.py's table (at once), else the pre-flight check
-    on a fresh model with the run's default limit (prune.preflight_s). A model the table refuses goes through the
-    pre-flight check too, which must refuse it as well: the table only makes the refusal instant."""
+    on a fresh model with the run's default limit (prune.preflight_s), the speed-up TARGET included. A model the
+    table refuses goes through the pre-flight check too, which must refuse it as well: the table only makes the
+    refusal instant."""
     from prune_runner.config import MethodConfig, PruneConfig
     from prune_runner.models.support import ModelNotSupportedError, check_supported
     from prune_runner.pruning import get_method
@@ -142,7 +144,7 @@ def refusal(name: str, side: int, method: str) -> Optional[str]:
     try:
         check_prunable(_fresh(name, side), torch.zeros(1, 3, side, side), get_method(method), CLASSES,
                        describe=f"model {name} with method {method}", limit_s=PruneConfig().preflight_s,
-                       method_config=MethodConfig(name=method), pruner_options={"steps": STEPS})
+                       method_config=MethodConfig(name=method), pruner_options={"steps": STEPS}, speed_up=TARGET)
     except ModelNotSupportedError as err:
         return table or str(err)
     if table is not None:
@@ -325,19 +327,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", nargs="*", help="these timm modules only (default: all)")
     parser.add_argument("--results", type=Path, default=REPO / "outputs" / "timm_walk.json")
-    parser.add_argument("--fresh", action="store_true", help="walk again the families already in --results")
+    parser.add_argument("--fresh", action="store_true", help="walk again the families asked for that --results holds")
     parser.add_argument("--no-docs", action="store_true", help="leave docs/how-to/models.md as it is")
     parser.add_argument("--jobs", type=int, default=1, help="processes walking families side by side")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    families = args.family or _timm().list_modules()
-    unknown = sorted(set(families) - set(_timm().list_modules()))
+    everything = _timm().list_modules()
+    families = args.family or everything
+    unknown = sorted(set(families) - set(everything))
     if unknown:
         print(f"unknown timm family {', '.join(unknown)}; timm.list_modules() lists them", file=sys.stderr)
         return 2
-    rows = {} if args.fresh else load_rows(args.results)
+    rows = load_rows(args.results)
+    if args.fresh:  # the families asked for are walked again; the others' rows stay
+        rows = {f: row for f, row in rows.items() if f not in families}
     meta = _meta()
     todo = [f for f in families if f not in rows]
     if args.jobs > 1 and todo:
@@ -354,8 +359,9 @@ def main(argv=None) -> int:
         save_rows(args.results, rows, meta)
     done = [rows[f] for f in families if f in rows]
     print(json.dumps(counts(done)))
-    if not args.no_docs and not args.family and len(done) == len(families):
-        write_docs(table(done, json.loads(args.results.read_text())))
+    walked = [rows[f] for f in everything if f in rows]
+    if not args.no_docs and len(walked) == len(everything):  # every family has a row: the table is whole
+        write_docs(table(walked, json.loads(args.results.read_text())))
     return 0
 
 

@@ -17,13 +17,15 @@ from prune_runner.config import PruneSearchConfig, RunConfig
 from prune_runner.data import build_data
 from prune_runner.data.digits import load_digits_tensors
 from prune_runner.errors import UserError
+from prune_runner.latency.meter import Reading
 from prune_runner.models import build_model
 from prune_runner.models.support import ModelNotSupportedError
 from prune_runner.pruning import get_method, pruned_copy
 from prune_runner.pruning.candidates import MACS_TOLERANCE, NoPerGroupRatiosError, OneShot, check_per_group_ratios
+from prune_runner.pruning.latency_target import PASS_READINGS
 from prune_runner.pruning.preflight import check_prunable
 from prune_runner.pruning.samplers import LOWEST, build_sampler, list_samplers
-from prune_runner.pruning.width_search import CANDIDATES_FILE, read_rows, search_widths
+from prune_runner.pruning.width_search import CANDIDATES_FILE, FINALISTS, read_finalists, read_rows, search_widths
 from prune_runner.run.records import StageInputs, config_hash, own_config
 from prune_runner.train.batchnorm import reestimate_batchnorms
 from prune_runner.train.loop import Fast, evaluate
@@ -300,3 +302,102 @@ def test_a_run_killed_during_the_search_rerun_scores_only_the_rest(tmp_path, mon
     lines = path.read_text().splitlines()
     assert len(lines) == 4 and lines[:2] == first
     assert results_of(tmp_path / "run")["search"]["candidates"] == 4
+
+
+# ---- prune.target=latency: the finalists read with the latency meter (a fake one here) ---------------------------
+
+
+def fake_reading(ratio: float, noisy: bool = False) -> Reading:
+    return Reading(ratio, ratio * 0.98, ratio * 1.02, noisy, 0.01, 1.0)
+
+
+def test_the_best_finalist_by_the_proxy_that_reaches_the_latency_target_wins(model, data, tmp_path):
+    """Six rows; the meter reads the proxy's best short (1.2x), the second NOISY, the third at 1.6x twice: the
+    third wins, the fourth is read too (the record), the fifth and sixth are not finalists."""
+    one_shot = OneShot(model, data.example_input(1), get_method("l1"), 10, OPTIONS, seed=0)
+    rows = [{"index": i, "kind": "sampled", "proxy": p, "latency": None, "asked": r}
+            for i, (p, r) in enumerate([(0.5, 0.1), (0.9, 0.2), (0.8, 0.3), (0.7, 0.4), (0.6, 0.5), (0.95, 0.6)])]
+    by_ratio = {0.6: [fake_reading(1.2)], 0.2: [fake_reading(1.6, noisy=True)], 0.3: [fake_reading(1.6)] * 2,
+                0.4: [fake_reading(1.7)] * 2}
+    read, pruned = [], {}
+
+    def prune(row):
+        got = one_shot.prune(global_ratio=row["asked"])
+        pruned[id(got.model)] = row["asked"]
+        return got
+
+    def meter(net):
+        asked = pruned[id(net)]
+        read.append(asked)
+        return by_ratio[asked][sum(a == asked for a in read) - 1]
+
+    path = tmp_path / CANDIDATES_FILE
+    winner = read_finalists(rows, prune, meter, 1.5, path, say=lambda text: None)
+    assert FINALISTS == 4 and read == [0.6, 0.2, 0.3, 0.3, 0.4, 0.4]  # in proxy order; a short/NOISY one once
+    assert winner is not None and winner.asked == 0.3
+    assert [r["latency"] and r["latency"]["reached"] for r in rows] == [None, False, True, True, None, False]
+    assert rows[2]["latency"]["speed_up"] == 1.6 and len(rows[2]["latency"]["readings"]) == PASS_READINGS
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows  # the readings are recorded
+    by_ratio.update({0.3: [fake_reading(1.4)], 0.4: [fake_reading(1.7), fake_reading(1.45)]})
+    read.clear()
+    assert read_finalists(rows, prune, meter, 1.5, path, say=lambda text: None) is None  # none passed twice
+
+
+class FakeMeter:
+    """LatencyMeter's interface, reading no clock: a model's latency speed-up is (base params / its params)^0.75,
+    or `FakeMeter.fixed` where set (the finalists' meter in the tests below)."""
+
+    fixed = None
+
+    def __init__(self, base, input_shape, device, dtype, batch, repeats=20):
+        self.base, self.device, self.dtype, self.batch = base, torch.device(device), dtype, batch
+        self.base_params = sum(p.numel() for p in base.parameters())
+
+    def __call__(self, net) -> Reading:
+        ratio = (self.base_params / sum(p.numel() for p in net.parameters())) ** 0.75
+        return fake_reading(self.fixed if self.fixed is not None else ratio)
+
+
+def _latency_search(tmp_path, monkeypatch, finalists_read: float):
+    from prune_runner.pruning import latency_target
+    from prune_runner.run import search_stage
+
+    monkeypatch.setattr(latency_target, "LatencyMeter", FakeMeter)  # the latency rule's meter
+    monkeypatch.setattr(search_stage, "LatencyMeter", type("Finalists", (FakeMeter,), {"fixed": finalists_read}))
+    run_dir = tmp_path / "run"
+    done = run_cli(["model=resnet20", "method=l1", "prune.target=latency", "prune.speed_up=1.5",
+                    "prune.allocation=search", "prune.search.candidates=3", "prune.search.recalibration_batches=2",
+                    "eval.latency=false", "schedule.finetune.epochs=0", "schedule.pretrain.epochs=1",
+                    "dataset.train_limit=256", f"run_dir={run_dir}", f"out_root={tmp_path / 'out'}", *FAST],
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in (run_dir / "prune" / CANDIDATES_FILE).read_text().splitlines()]
+    return results_of(run_dir), rows, done
+
+
+def test_a_latency_target_search_keeps_a_finalist_that_reaches_it(tmp_path, monkeypatch):
+    results, rows, done = _latency_search(tmp_path, monkeypatch, finalists_read=1.6)
+    s, lat = results["search"], results["search"]["latency"]
+    macs_target = lat["uniform_stop"]["macs_speed_up"]
+    assert lat["target"] == 1.5 and lat["macs_target"] == macs_target > 1.0
+    assert all(abs(r["speed_up"] / macs_target - 1) <= MACS_TOLERANCE for r in rows)  # drawn at the uniform stop
+    read = [r for r in rows if r["latency"] is not None]
+    assert len(read) == min(FINALISTS, len(rows)) and all(r["latency"]["reached"] for r in read)
+    best = max(rows, key=lambda r: (r["proxy"], -r["index"]))
+    assert lat["won"] == "finalist" and s["winner"] == best["index"] and s["winner_proxy"] == best["proxy"]
+    assert [f["index"] for f in lat["finalists"]] == [r["index"] for r in sorted(read, key=lambda r: -r["proxy"])]
+    assert results["target"]["kind"] == "latency" and results["target"]["reached"] == 1.6
+    assert results["target"]["decided"] == "confirmed clean"
+    assert abs(results["speed_up"] / macs_target - 1) <= MACS_TOLERANCE
+    assert "candidates are drawn there" in done.stdout
+
+
+def test_a_latency_target_search_falls_back_to_the_uniform_stop_when_no_finalist_reaches_it(tmp_path, monkeypatch):
+    results, rows, done = _latency_search(tmp_path, monkeypatch, finalists_read=1.2)
+    s, lat = results["search"], results["search"]["latency"]
+    assert lat["won"] == "uniform at the latency stop" and s["winner"] is None
+    assert s["winner_kind"] == "uniform at the latency stop" and 0 <= s["winner_proxy"] <= 1
+    assert not any(f["reached"] for f in lat["finalists"]) and len(lat["finalists"]) == min(FINALISTS, len(rows))
+    assert results["speed_up"] == pytest.approx(lat["uniform_stop"]["macs_speed_up"])  # the rule's own model
+    assert results["target"]["reached"] == lat["uniform_stop"]["speed_up"] >= 1.5
+    assert "no finalist reached the 1.5x latency target" in done.stdout

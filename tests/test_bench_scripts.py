@@ -147,13 +147,14 @@ def test_bench_round_to_chooses_a_multiple():  # five widths, two samples each: 
     assert int(printed) == max(chosen)  # the coarser of the two kinds
 
 
-def test_probe_latency_meter_reads_the_live_and_the_rebuilt_model_both_ways(monkeypatch):
+def test_latency_drift_reads_copies_on_their_own_and_with_the_meter(monkeypatch):
     from conftest import REPO
 
     monkeypatch.syspath_prepend(str(REPO / "scripts"))  # it imports bench_latency_target, as `python scripts/...` does
-    done = run_main(script_main("probe_latency_meter"), ["--model", "resnet20", "--steps", "5", "--rounds", "1"])
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert re.search(r"step 5: \d+\.\d+x fewer MACs", done.stdout), done.stdout
-    for label in ("live", "rebuilt"):
-        assert re.search(rf"^round 0 {label} +meter( \d+\.\d+){{3}} \| check \d+\.\d+ \[", done.stdout, re.MULTILINE), \
-            done.stdout
+    from prune_runner.latency import meter
+
+    drift = _script("latency_drift")
+    found = drift.main(["--model", "resnet20", "--macs", "1.3", "--copies", "2", "--repeats", "4"])
+    assert [len(r) for r in found["copies"]] == [3, 3] and len(found["meter"]) == 3
+    assert all(r > 0 for rows in found["copies"] for r in rows) and all(r > 0 for r in found["meter"])
+    assert meter.PLACEMENTS == 4  # restored after the one-copy readings

@@ -149,3 +149,32 @@ def test_the_prune_stage_and_eval_read_latency_with_one_meter(monkeypatch):
     assert (reading.ratio, reading.q1, reading.q3, reading.noisy) == \
         (row["ratio"], row["ratio_q1"], row["ratio_q3"], row["noisy"])
     assert row["ratio_q1"] < row["ratio_q3"] and row["repeats"] == latency.REPEATS  # the load spread the ratios
+
+
+def test_on_the_cpu_the_pairs_spread_over_copies_of_both_models(monkeypatch):
+    """Where a copy's tensors land moves its speed, so the pairs are taken on PLACEMENTS fresh copies of both
+    models, REPEATS / PLACEMENTS pairs each; a copy that runs 25% slower moves the upper quartile, not the
+    median."""
+    base, final = _pair()
+    seen = []
+
+    def sample(model, x, inner):
+        seen.append(model)
+        slow = 1.25 if len({id(m) for m in seen if m[0].out_channels == 8}) == 2 else 1.0  # the second copy
+        return (2.0 if model[0].out_channels == 8 else 1.0) * (slow if model[0].out_channels == 8 else 1.0)
+
+    monkeypatch.setattr(latency, "_sample_ms", sample)
+    monkeypatch.setattr(latency, "_inner_count", lambda model, x, warmup, sample_ms=None: 1)
+    row = compare_latency(base, final, (3, 8, 8), "cpu", (1,), repeats=latency.REPEATS)[1]
+    bases = [m for m in seen if m[0].out_channels == 8]
+    finals = [m for m in seen if m[0].out_channels == 4]
+    ids = list(dict.fromkeys(id(m) for m in bases))
+    assert len(ids) == latency.PLACEMENTS == len({id(m) for m in finals})
+    assert not any(m is base for m in bases) and not any(m is final for m in finals)  # never the models
+    per_copy = latency.REPEATS // latency.PLACEMENTS
+    assert [sum(id(m) == i for m in bases) for i in ids] == [per_copy] * latency.PLACEMENTS
+    # 15 pairs read 2.0x, the slow copy's 5 read 2.5x: the median stays, the upper quartile shows the copy
+    assert row["ratio"] == 2.0 and row["ratio_q3"] == pytest.approx(2.125)
+    assert row["repeats"] == latency.REPEATS
+    few = compare_latency(base, final, (3, 8, 8), "cpu", (1,), repeats=3)[1]
+    assert few["repeats"] == 3  # fewer pairs than placements: one pair per copy

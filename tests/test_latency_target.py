@@ -478,8 +478,8 @@ def test_the_meter_compares_a_frozen_copy_of_the_unpruned_model_with_the_current
     model = _tiny_net().train()
     meter = LatencyMeter(model, (3, 8, 8), torch.device("cpu"), "fp32", 2)
     assert meter.base is not model and meter.repeats == latency.REPEATS
-    monkeypatch.setattr(latency, "_sample_ms", lambda m, x, inner: 3.0 if m is meter.base else 2.0)
-    model[0].weight.data.zero_()  # "pruned": the copy keeps the old weights
+    model[0].weight.data.zero_()  # "pruned": the copy keeps the old weights (samples run on copies of both)
+    monkeypatch.setattr(latency, "_sample_ms", lambda m, x, inner: 3.0 if m[0].weight.abs().sum() > 0 else 2.0)
     r = meter(model)
     assert (r.ratio, r.q1, r.q3, r.noisy, r.base_ms) == (1.5, 1.5, 1.5, False, 3.0)
     assert meter.base[0].weight.abs().sum() > 0 and model.training

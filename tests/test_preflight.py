@@ -25,6 +25,7 @@ from prune_runner.pruning.preflight import (
     PHASE_GRAPH,
     PHASE_STEP,
     TRIAL_STEPS,
+    UnreachableTargetError,
     Watchdog,
     _Stopped,
     check_prunable,
@@ -48,6 +49,26 @@ class FixedOffset(nn.Module):
 
     def forward(self, x):
         return self.head((self.bn(self.conv(x)) + self.offset).mean((2, 3)))
+
+
+class KeptWidth(nn.Module):
+    """Tokens of width 10, the class count: hints.py keeps every Linear of that width whole as a classifier, and with
+    the residual stream the 8 mixing layers. Only the MLP's hidden width (20) can go. MACs per pixel: stem 30, mix
+    800, MLP 400; as far as prune.max_pruning_ratio=0.9 allows, the MLP keeps int(20 * (1 - 0.9)) = 1 of its 20
+    (1 - 0.9 is 0.0999... in floating point, as in torch-pruning): 20. The speed-up stops at (30 + 800 + 400) /
+    (30 + 800 + 20) = 1.45x (the head's 100 MACs an image aside); the layers kept whole hold 830 / 850 = 98%."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 10, 1)
+        self.mix = nn.Sequential(*[nn.Linear(10, 10) for _ in range(8)])
+        self.fc1, self.fc2, self.head = nn.Linear(10, 20), nn.Linear(20, 10), nn.Linear(10, 10)
+
+    def forward(self, x):
+        t = self.stem(x).flatten(2).transpose(1, 2)  # (B, pixels, 10)
+        t = t + self.mix(t)
+        t = t + self.fc2(torch.relu(self.fc1(t)))
+        return self.head(t.mean(1))
 
 
 class FakeClock:
@@ -86,6 +107,25 @@ def test_a_pruned_model_that_cannot_run_is_refused_at_the_trial_step():
     assert "\n" not in message
     assert message.startswith(f"model m with method l1 cannot be pruned: {PHASE_STEP} fails at layer FixedOffset "
                               "(RuntimeError: The size of tensor a (")
+
+
+def test_a_speed_up_past_what_the_schedule_reaches_is_refused_naming_what_holds_it_down():
+    with pytest.raises(UnreachableTargetError) as err:
+        check(KeptWidth(), "l1", side=8, speed_up=1.5)
+    assert str(err.value) == (
+        "model m with method l1 cannot be pruned: its MACs speed-up stops at 1.45x, short of prune.speed_up=1.5x, "
+        "with every layer pruned as far as prune.max_pruning_ratio=0.9 allows; layers kept at their full width hold "
+        "98% of the MACs left, the most in mix.* (Linear, 94%); lower prune.speed_up, or try another method or model")
+    check(KeptWidth(), "l1", side=8, speed_up=1.44)  # within reach: accepted
+    check(KeptWidth(), "l1", side=8)  # no target given: not checked
+
+
+def test_a_run_whose_target_is_out_of_reach_is_refused_before_pretraining(tmp_path):
+    cfg = tiny_config(tmp_path, "resnet20", "l1", speed_up=500.0)  # resnet20 stops near 130x (0.9 of every layer)
+    with pytest.raises(UnreachableTargetError, match=r"^model resnet20 with method l1 cannot be pruned: its MACs "
+                                                     r"speed-up stops at \d+\.\d\dx, short of prune.speed_up=500x"):
+        run_pipeline(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "pretrain").exists()  # no stage started
 
 
 def test_a_search_past_the_limit_is_refused_naming_where_it_stopped():

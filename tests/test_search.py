@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,34 +23,41 @@ from pathlib import Path
 import optuna
 import pytest
 import tomllib
-from conftest import FAST, REPO, doc_commands, results_of, run_cli
+from conftest import FAST, REPO, doc_commands, error_lines, results_of, run_cli
 from inprocess import tiny_config
 from optuna.distributions import FloatDistribution
 
 from prune_runner import report_cli
 from prune_runner.cli import preflight
+from prune_runner.data import build_data
+from prune_runner.data.tensor_data import TensorData
 from prune_runner.errors import UnknownChoiceError, UserError
 from prune_runner.names import value_text
 from prune_runner.search import (
     JOURNAL,
     STALE_S,
+    TRIAL_HOLDOUT,
+    TrialFailed,
     _stale,
     ask,
     ask_lock,
     counted,
+    holdout_override,
     list_objectives,
     objective_value,
     open_storage,
+    run_objective,
     tell,
 )
 from prune_runner.validate import validate
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-RESULTS = {"final": {"acc": 0.8}, "speed_up": 2.1, "target_speed_up": 2.0,
+# the test accuracy (final) differs from the holdout's: the accuracy objectives must read the holdout
+RESULTS = {"final": {"acc": 0.8}, "holdout": {"acc": 0.75}, "speed_up": 2.1, "target_speed_up": 2.0,
            "latency": {"speed_up": {"1": 1.4, "8": 1.7}}}
 # objective -> (value for RESULTS, value when the speed-up reached is below the floor of 2.5)
-EXPECTED = {"accuracy": (0.8, 0.8), "accuracy_at_speed_up": (0.8, 0.8 - 1.0), "speed_up": (2.1, 2.1),
+EXPECTED = {"accuracy": (0.75, 0.75), "accuracy_at_speed_up": (0.75, 0.75 - 1.0), "speed_up": (2.1, 2.1),
             "latency_speed_up": (1.7, 1.7)}
 SPACE = "method.reg=tag(log, interval(1e-5, 1e-2))"
 # the tiny digits schedule with one pretraining epoch and no latency timing (fewer overrides: they name the run
@@ -72,6 +80,56 @@ def dominated(a: dict, b: dict) -> bool:
 def test_every_objective(name):
     assert objective_value(name, RESULTS) == pytest.approx(EXPECTED[name][0])
     assert objective_value(name, RESULTS, min_speed_up=2.5) == pytest.approx(EXPECTED[name][1])
+
+
+def test_an_accuracy_objective_never_falls_back_to_the_test_split(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({k: v for k, v in RESULTS.items() if k != "holdout"}))
+    for name in ("accuracy", "accuracy_at_speed_up"):
+        failed = run_objective(name, tmp_path)
+        assert isinstance(failed, TrialFailed) and failed.reason.startswith(
+            "the accuracy objectives read the accuracy on a holdout withheld from training; this run withheld none")
+    assert run_objective("speed_up", tmp_path) == 2.1
+
+
+def test_a_trial_of_an_accuracy_objective_withholds_the_holdout():
+    assert holdout_override(["accuracy"], {}) == f"dataset.holdout={TRIAL_HOLDOUT}"
+    assert holdout_override(["speed_up", "accuracy_at_speed_up"], {"method.reg": 0.1}) == "dataset.holdout=0.1"
+    assert holdout_override(["accuracy"], {"dataset.holdout": 0.2}) is None  # the command's own fraction
+    assert holdout_override(["speed_up", "latency_speed_up"], {}) is None  # nothing reads accuracy
+    with pytest.raises(UserError, match=r"^search.objective accuracy is scored on a holdout withheld from each "
+                                        r"trial's training; dataset.holdout=null leaves none"):
+        holdout_override(["accuracy"], {"dataset.holdout": None})
+
+
+def test_a_search_on_accuracy_that_withholds_nothing_is_refused_in_one_line(tmp_path):
+    done = run_cli(["-m", "hydra/sweeper=optuna", SPACE, *BASE, "dataset.holdout=null", f"out_root={tmp_path}"],
+                   cwd=tmp_path)
+    assert done.returncode == 2 and error_lines(done.stderr) == [
+        "prune-run: error: search.objective accuracy is scored on a holdout withheld from each trial's training; "
+        f"dataset.holdout=null leaves none: give a fraction in (0, 1) or leave it out ({TRIAL_HOLDOUT})"]
+    assert not (tmp_path / "digits").exists()  # no trial ran
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_withheld_images_stay_out_of_every_training_batch(in_memory):
+    """dataset.holdout on digits (128 training images): 13 withheld, the same 13 whatever the path; training,
+    calibration and train-subset batches come from the other 115 only; the fingerprint (the stage hashes) changes."""
+    def images(batches):
+        return {tuple(x.flatten().tolist()) for xb, _ in batches for x in xb}
+
+    whole = build_data("digits", root="data", input_size=8, device="cpu", train_limit=128, in_memory=in_memory,
+                       augment=False, workers=0)
+    data = build_data("digits", root="data", input_size=8, device="cpu", train_limit=128, in_memory=in_memory,
+                      augment=False, workers=0, holdout=0.1)
+    held = images(whole.train_subset_batches(whole.holdout_indices(0.1), 64))
+    assert (data.num_train, data.num_withheld, whole.num_withheld) == (115, 13, 0)
+    assert images(data.withheld_batches(5)) == held and len(held) == 13  # 13 distinct digits
+    trained = images(data.train_batches(5, epoch=0, seed=3))
+    assert len(trained) == 115 and not trained & held  # 23 full batches of 5: each kept image once
+    assert not images(data.calib_batches(16, 10, seed=1)) & held
+    assert data.fingerprint == f"{whole.fingerprint}+holdout=0.1" and not list(whole.withheld_batches(5))
+    with pytest.raises(UserError, match=r"^dataset.holdout=1.0 is invalid; it is a fraction of the training split"):
+        build_data("digits", root="data", input_size=8, device="cpu", holdout=1.0)
 
 
 @pytest.mark.parametrize("objective, message", [
@@ -207,18 +265,28 @@ def test_a_running_trial_is_stale_when_its_worker_is_gone():
 
 @pytest.fixture(scope="module")
 def front(tmp_path_factory):
-    """A 4-trial multi-objective search over method.reg and prune.speed_up, accuracy and speed-up maximized."""
+    """A 4-trial multi-objective search over method.reg and prune.speed_up, accuracy and speed-up maximized;
+    the size of the training split each training epoch drew from, recorded."""
     root = tmp_path_factory.mktemp("front")
     args = ["-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=nsgaii", "hydra.sweeper.n_trials=4",
             "search.objective=[accuracy,speed_up]", "method.reg=tag(log, interval(1e-4, 1e-1))",
             "prune.speed_up=interval(1.2, 2.0)", *BASE, f"out_root={root / 'outputs'}"]
-    done = run_cli(args, cwd=root)
+    drawn = []
+    epoch = TensorData.train_batches
+
+    def counted_epoch(self, batch_size, epoch_index, seed):
+        drawn.append(self.num_train)
+        return epoch(self, batch_size, epoch_index, seed)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TensorData, "train_batches", counted_epoch)
+        done = run_cli(args, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
-    return root / "outputs", done
+    return root / "outputs", done, drawn
 
 
 def test_a_multi_objective_search_writes_its_pareto_front(front):
-    out, done = front
+    out, done, _ = front
     lines = done.stdout.splitlines()
     assert lines.count("pretrain") == 1  # computed by the first trial; the others reuse it (the stage cache)
     summary = json.loads((out / "study.json").read_text())
@@ -228,7 +296,7 @@ def test_a_multi_objective_search_writes_its_pareto_front(front):
     assert len(trials) == 4 and all(t["state"] == "COMPLETE" for t in trials.values())
     for t in trials.values():  # each trial's values are its run's
         results = results_of(t["run_dir"])
-        assert t["values"] == {"accuracy": results["final"]["acc"], "speed_up": results["speed_up"]}
+        assert t["values"] == {"accuracy": results["holdout"]["acc"], "speed_up": results["speed_up"]}
     values = [t["values"] for t in trials.values()]
     on_front = [trials[n]["values"] for n in summary["front"]]
     off_front = [t["values"] for n, t in trials.items() if n not in summary["front"]]
@@ -240,8 +308,33 @@ def test_a_multi_objective_search_writes_its_pareto_front(front):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
 
+def test_a_search_selects_on_a_holdout_its_trials_never_trained_on(front):
+    """dataset.train_limit=128: each trial withholds 13 images (dataset.holdout=0.1, set by the sweeper) and trains
+    on 115; accuracy is their top-1, the test accuracy is shown beside it and selects nothing."""
+    out, done, drawn = front
+    assert set(drawn) == {115} and len(drawn) >= 3  # every epoch of every training stage drew from 115 images
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["selected_on"] == {"accuracy": "holdout", "speed_up": "macs"}
+    pairs = []
+    for t in summary["trials"]:
+        results = results_of(t["run_dir"])
+        assert "dataset.holdout=0.1" in t["run_dir"]  # not a plain run's directory, nor its stages (hashes):
+        for stage in ("pretrain", "finetune"):
+            done_record = json.loads((Path(t["run_dir"]) / stage / "done.json").read_text())
+            assert done_record["config"]["input.dataset"].endswith("+holdout=0.1")
+        assert {k: results["holdout"][k] for k in ("images", "train_images", "fraction")} == {
+            "images": 13, "train_images": 115, "fraction": 0.1}
+        assert t["test_acc"] == results["final"]["acc"]
+        pairs.append((t["values"]["accuracy"], t["test_acc"]))
+    assert any(holdout != test for holdout, test in pairs), pairs  # 13 images against 360: they differ
+    for number in summary["front"]:
+        t = summary["trials"][number]
+        assert (f"trial {number}: accuracy {t['values']['accuracy']:.4f} on the holdout, speed_up "
+                f"{t['values']['speed_up']:.4f}, test accuracy {t['test_acc']:.4f} (") in done.stdout
+
+
 def test_prune_report_marks_the_front(front):
-    out, _ = front
+    out, _, _ = front
     with contextlib.redirect_stdout(io.StringIO()):
         assert report_cli.main([str(out)]) == 0
     rows = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| digits")]
@@ -259,6 +352,8 @@ def test_a_rerun_after_a_kill_runs_the_killed_trial_again_and_no_more(tmp_path):
     args = ["-m", "hydra/sweeper=optuna", SPACE, *BASE, "prune.speed_up=1.3", f"out_root={tmp_path / 'outputs'}"]
     first = run_cli([*args, "hydra.sweeper.n_trials=1"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert re.search(r"best of 1 finished trials: trial 0, accuracy 0\.\d{4} on the holdout, test accuracy "
+                     r"0\.\d{4} \(method\.reg=", first.stdout)
     out = tmp_path / "outputs"
     study = load(out)
     dead = subprocess.Popen(["true"])

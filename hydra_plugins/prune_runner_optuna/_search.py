@@ -25,6 +25,7 @@ from prune_runner.search import (
     ask_lock,
     counted,
     heartbeat,
+    holdout_override,
     objective_names,
     open_storage,
     recover_stale,
@@ -81,6 +82,12 @@ def search_space(arguments: List[str], params) -> Tuple[Dict[str, object], List[
     return space, fixed
 
 
+def fixed_values(fixed: List[str]) -> Dict[str, object]:
+    """{key: value} of the fixed overrides, the key without its +/++ prefix; a deletion `~key` is None."""
+    parsed = OverridesParser.create().parse_overrides(list(fixed))
+    return {o.key_or_group: None if o.is_delete() else o.value() for o in parsed}
+
+
 def derived_study_name(objectives: List[str], space: dict, fixed: List[str]) -> str:
     """<objectives>:<searched keys>:<digest of objectives, search space and fixed overrides>: the same search
     gets the same name, so re-running its command continues its study."""
@@ -104,6 +111,17 @@ def directions(direction, n_objectives: int) -> List[str]:
 def _format(params: dict) -> str:
     """A trial's parameters as its run directory's name spells them (prune_runner/names.py)."""
     return " ".join(override_text(k, v) for k, v in params.items())
+
+
+def _values(trial: dict, summary: dict) -> str:
+    """A trial's objective values, each labelled with what it read, then its accuracy on the test split: the figure
+    to report, which selected nothing."""
+    on = summary.get("selected_on", {})
+    values = [f"{k} {v:.4f}" + (" on the holdout" if on.get(k) == "holdout" else "")
+              for k, v in trial["values"].items()]
+    if trial.get("test_acc") is not None:
+        values.append(f"test accuracy {trial['test_acc']:.4f}")
+    return ", ".join(values)
 
 
 PLAIN_FORMAT = "[%(levelname)1.1s %(asctime)s] %(message)s"  # Optuna's own line, without its colour codes
@@ -136,6 +154,9 @@ def _run(sweeper, arguments: List[str]) -> None:
     objectives = objective_names(OmegaConf.to_container(objective) if isinstance(objective, ListConfig)
                                  else objective)
     space, fixed = search_space(arguments, sweeper.params)
+    withhold = holdout_override(objectives, {**fixed_values(fixed), **dict.fromkeys(space, "searched")})
+    if withhold is not None:  # an accuracy objective: each trial is scored on images kept out of its training
+        fixed.append(withhold)
     name = sweeper.study_name or derived_study_name(objectives, space, fixed)
     label = storage_label(sweeper.storage, sweep_dir)
     wanted = directions(sweeper.direction, len(objectives))
@@ -196,13 +217,11 @@ def _print_result(summary: dict, sweep_dir: Path) -> None:
         return
     if len(summary["objectives"]) == 1:
         best = rows[summary["front"][0]]
-        name = summary["objectives"][0]
-        print(f"prune-run: best of {done} finished trials: trial {best['number']}, {name} {best['values'][name]:.4f} "
+        print(f"prune-run: best of {done} finished trials: trial {best['number']}, {_values(best, summary)} "
               f"({_format(best['params'])}) in {best['run_dir']}; {where}", flush=True)
         return
     print(f"prune-run: Pareto front of {done} finished trials ({', '.join(summary['objectives'])}):", flush=True)
     for number in summary["front"]:
         t = rows[number]
-        values = ", ".join(f"{k} {v:.4f}" for k, v in t["values"].items())
-        print(f"  trial {number}: {values} ({_format(t['params'])}) in {t['run_dir']}", flush=True)
+        print(f"  trial {number}: {_values(t, summary)} ({_format(t['params'])}) in {t['run_dir']}", flush=True)
     print(f"prune-run: {where}", flush=True)

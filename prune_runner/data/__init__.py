@@ -32,11 +32,13 @@ def build_data(
     rank: int = 0,
     world_size: int = 1,
     train_limit: int | None = None,
+    holdout: float | None = None,
 ) -> Data:
     """Build dataset `name` (see `list_datasets()`); raises UnknownChoiceError for an unknown name.
 
     in_memory: None picks per dataset (tensors on the device for digits/cifar, DataLoader for folders).
     train_limit: keep only the first N training samples (tests and smoke runs).
+    holdout: withhold this fraction of the (limited) training split from training (`Data.withhold`).
     """
     builder = DATASETS.get(name)
     opts = DataOptions(
@@ -51,6 +53,10 @@ def build_data(
         rank=int(rank),
         world_size=int(world_size),
         train_limit=None if train_limit is None else int(train_limit),
+        holdout=None if holdout is None else float(holdout),
     )
     check_options(opts)
-    return builder(opts)
+    data = builder(opts)
+    if opts.holdout is not None:
+        data.withhold(opts.holdout)
+    return data

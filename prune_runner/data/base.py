@@ -35,6 +35,7 @@ class DataOptions:
     rank: int
     world_size: int
     train_limit: int | None  # keep only the first N training samples
+    holdout: float | None = None  # fraction of the training split withheld from training (Data.withhold)
 
 
 # A builder turns options into a ready `Data`; registered by name in the dataset modules.
@@ -59,6 +60,7 @@ class Data(ABC):
         self.augment = opts.augment
         self.rank, self.world_size = opts.rank, opts.world_size
         self.num_train, self.num_test = num_train, num_test  # sizes of the whole splits (all ranks)
+        self.num_withheld = 0  # training images withheld from training (withhold), scored by withheld_batches
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full batches each rank gets per epoch (the last partial batch is dropped)."""
@@ -97,6 +99,28 @@ class Data(ABC):
     def holdout_batches(self, batch_size: int, fraction: float) -> Iterator[Batch]:
         """The holdout in order, without augmentation: what ranks the candidates of prune.allocation=search."""
         return self.train_subset_batches(self.holdout_indices(fraction), batch_size)
+
+    def withhold(self, fraction: float) -> None:
+        """Take the holdout of `fraction` (holdout_indices: fixed images, whatever the seed) out of the training
+        split (dataset.holdout). From then on the training split is the rest: every training, calibration and
+        BatchNorm batch, and prune.search's own holdout, come from it, and `withheld_batches` yields the images
+        no stage trained on, which score a search's trials without reading the test split."""
+        held = self.holdout_indices(fraction)
+        kept = torch.ones(self.num_train, dtype=torch.bool)
+        kept[held] = False
+        self._split_training(kept.nonzero().flatten(), held)
+        self.num_train, self.num_withheld = int(kept.sum()), len(held)
+        # other training data: every stage's hash changes, so a trial's stages and a plain run's are never swapped
+        self.fingerprint = f"{self.fingerprint}+holdout={fraction:g}"
+
+    @abstractmethod
+    def _split_training(self, kept: torch.Tensor, held: torch.Tensor) -> None:
+        """Keep the training images at positions `kept` (CPU int64) as the training split, and those at `held`
+        apart for withheld_batches."""
+
+    @abstractmethod
+    def withheld_batches(self, batch_size: int) -> Iterator[Batch]:
+        """The withheld images (withhold) in order, without augmentation; none when nothing is withheld."""
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         return torch.zeros(batch, 3, self.input_size, self.input_size, device=self.device)
@@ -163,6 +187,9 @@ def check_options(opts: DataOptions) -> None:
         raise UserError(f"train_limit {opts.train_limit} must be a positive sample count or null")
     if opts.workers < 0:
         raise UserError(f"workers {opts.workers} must be 0 or more")
+    if opts.holdout is not None and not 0 < opts.holdout < 1:
+        raise UserError(f"dataset.holdout={opts.holdout} is invalid; it is a fraction of the training split, in "
+                        "(0, 1), or null (nothing withheld)")
 
 
 def tensors_fingerprint(*tensors: torch.Tensor) -> str:

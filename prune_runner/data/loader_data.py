@@ -31,6 +31,7 @@ class LoaderData(Data):
     ):
         super().__init__(name, num_classes, opts, len(train_set), len(eval_set))
         self.train_set, self.calib_set, self.eval_set = train_set, calib_set, eval_set
+        self.held_set: Dataset = Subset(calib_set, [])  # withheld images (withhold), without augmentation
         self.workers = opts.workers
         self.pin_memory = opts.device.type == "cuda"  # page-locked host buffers for async copies
         # Loaders are kept between epochs so persistent workers survive; rebuilt on a new key.
@@ -84,6 +85,15 @@ class LoaderData(Data):
 
     def calib_batches(self, batch_size: int, n: int, seed: int) -> Iterator[Batch]:
         return self.train_subset_batches(calibration_indices(len(self.calib_set), batch_size, n, seed), batch_size)
+
+    def _split_training(self, kept: torch.Tensor, held: torch.Tensor) -> None:
+        self.held_set = Subset(self.calib_set, held.tolist())
+        self.train_set = Subset(self.train_set, kept.tolist())
+        self.calib_set = Subset(self.calib_set, kept.tolist())
+        self._train = None  # a loader built before over the whole split
+
+    def withheld_batches(self, batch_size: int) -> Iterator[Batch]:
+        return self._to_device(self._loader(self.held_set, batch_size, False, shuffle=False))
 
     def train_subset_batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[Batch]:
         loader = self._loader(Subset(self.calib_set, indices.tolist()), batch_size, False, shuffle=False)

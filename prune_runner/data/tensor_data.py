@@ -74,6 +74,7 @@ class TensorData(Data):
         self.train_x = resize_images(tensors.train_x, size, device)
         self.test_x = resize_images(tensors.test_x, size, device)
         self.train_y = tensors.train_y.to(device=device, dtype=torch.int64)
+        self.held_x, self.held_y = self.train_x[:0], self.train_y[:0]  # withheld images (withhold): none yet
         self.test_y = tensors.test_y.to(device=device, dtype=torch.int64)
         self.flip = tensors.flip
         self.padding = crop_padding(size)
@@ -135,6 +136,16 @@ class TensorData(Data):
 
     def calib_batches(self, batch_size: int, n: int, seed: int) -> Iterator[Batch]:
         yield from self.train_subset_batches(calibration_indices(self.num_train, batch_size, n, seed), batch_size)
+
+    def _split_training(self, kept: torch.Tensor, held: torch.Tensor) -> None:
+        kept, held = kept.to(self.device), held.to(self.device)
+        self.held_x, self.held_y = self.train_x[held], self.train_y[held]
+        self.train_x, self.train_y = self.train_x[kept], self.train_y[kept]
+
+    def withheld_batches(self, batch_size: int) -> Iterator[Batch]:
+        for start in range(0, len(self.held_y), batch_size):
+            end = start + batch_size
+            yield self.normalize(self.held_x[start:end]), self.held_y[start:end]
 
     def train_subset_batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[Batch]:
         indices = indices.to(self.device)

@@ -5,7 +5,10 @@ stage (prune.target=latency).
 alternate within one measurement (base-final, then final-base, ...), so load on the machine that comes and
 goes hits both models alike; each pair gives one ratio base ms / final ms, and the result is the median ratio
 with its interquartile range. A measurement whose IQR is wider than `MAX_SPREAD` of the median is flagged
-`noisy`: the ratio is not to be trusted. `LatencyMeter` binds it to one base model, batch and dtype for the
+`noisy`: the ratio is not to be trusted. On the CPU the pairs are spread over PLACEMENTS fresh copies of both
+models: how fast a copy runs depends on where its tensors landed in
+memory, so one copy's ratio is one draw of a spread, and the median over copies is the figure another process
+(or a deployment) gets. `LatencyMeter` binds it to one base model, batch and dtype for the
 prune stage's repeated readings; both take their samples the same way, so their figures agree.
 
 A sample is `inner` back-to-back forwards, as many as last SAMPLE_MS (chosen from warm-up forwards).
@@ -35,6 +38,12 @@ SAMPLE_MS = 20.0  # a timed sample lasts at least this long: several scheduler t
 MAX_INNER = 100  # forwards per sample at most (tiny models)
 MAX_SPREAD = 0.2  # flag a ratio whose interquartile range exceeds 20% of its median
 REPEATS = 20  # pairs per measurement by default (eval.latency_repeats' default): an IQR from 20 ratios
+PLACEMENTS = 4  # CPU: the pairs are spread over this many copies of both models. Where a copy's tensors land in
+#                 memory moves its speed: five copies of one pruned MobileNetV2 read 1.39x to 1.57x against copies
+#                 of its base, each copy within 2% of itself (scripts/latency_drift.py). A stop confirmed on one
+#                 copy's lucky draw read 1.30x-1.36x for a 1.5x target when checked on another. Four copies of
+#                 five pairs each keep the default's 20 pairs. Not on CUDA: copies would double the models' GPU
+#                 memory, and the effect was measured on the CPU only
 
 
 @contextmanager
@@ -112,18 +121,39 @@ def measure_latency(
     return results
 
 
+def _placements(base: nn.Module, final: nn.Module, xb: torch.Tensor, xf: torch.Tensor, repeats: int):
+    """(base, final, base input, final input, pairs) for each placement: fresh copies of the models and inputs
+    (made outside inference mode, so their parameters stay ordinary tensors), each warmed up by one forward
+    (first-touch costs); the pairs split evenly, the first copies taking the remainder. Fresh every measurement:
+    a long-lived copy (the prune stage's base) would put one placement's draw into every reading."""
+    count = min(PLACEMENTS, repeats) if xb.device.type == "cpu" else 1
+    for p in range(count):
+        pairs = repeats // count + (p < repeats % count)
+        if count == 1:
+            yield base, final, xb, xf, pairs
+            continue
+        with torch.inference_mode(False):
+            b, f, x_b, x_f = copy.deepcopy(base), copy.deepcopy(final), xb.clone(), xf.clone()
+        b(x_b), f(x_f)
+        yield b, f, x_b, x_f, pairs
+        del b, f, x_b, x_f
+
+
 def _interleaved_samples(base: nn.Module, final: nn.Module, xb: torch.Tensor, xf: torch.Tensor,
                          warmup: int, repeats: int) -> Tuple[List[float], List[float]]:
     inner = min(_inner_count(base, xb, warmup), _inner_count(final, xf, warmup))
     base_ms, final_ms = [], []
-    for i in range(repeats):
-        # alternate the order: a load that rises or falls during a pair hits each model first equally often
-        if i % 2 == 0:
-            base_ms.append(_sample_ms(base, xb, inner))
-            final_ms.append(_sample_ms(final, xf, inner))
-        else:
-            final_ms.append(_sample_ms(final, xf, inner))
-            base_ms.append(_sample_ms(base, xb, inner))
+    i = 0
+    for b, f, x_b, x_f, pairs in _placements(base, final, xb, xf, repeats):
+        for _ in range(pairs):
+            # alternate the order: a load that rises or falls during a pair hits each model first equally often
+            if i % 2 == 0:
+                base_ms.append(_sample_ms(b, x_b, inner))
+                final_ms.append(_sample_ms(f, x_f, inner))
+            else:
+                final_ms.append(_sample_ms(f, x_f, inner))
+                base_ms.append(_sample_ms(b, x_b, inner))
+            i += 1
     return base_ms, final_ms
 
 

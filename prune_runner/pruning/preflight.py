@@ -6,6 +6,10 @@ stage, a throwaway copy of the model goes through what the pruning stages will d
 (prune.preflight_s, seconds): the pruner's dependency graph and groups, the regularizer's plan, two pruning
 steps (with the method's calibration), each followed by a forward of the pruned copy. A model that does not get
 through, in time and within a memory budget, is refused with one line naming the model, the method and where it stopped.
+Then the copy jumps to the schedule's last step (every layer as far as prune.max_pruning_ratio allows): a MACs
+speed-up short of prune.speed_up there is refused too, naming the speed-up reached and the layers kept whole that hold
+it down (attention the hints keep whole, ...), rather than after pretraining and sparse training. For a latency
+target the MACs bound is a necessary condition too: removing channels does not cut latency by more than MACs.
 
 How the limit interrupts: a watchdog on SIGALRM (a repeating real-time timer) raises an exception in the
 main thread. A hang inside torch-pruning is pure Python looping, so the handler runs between two of its
@@ -24,13 +28,14 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import signal
 import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -38,6 +43,7 @@ import torch.nn as nn
 from ..models.support import ModelNotSupportedError
 from .candidates import check_per_group_ratios
 from .hints import sync_after_pruning
+from .macs import CONV_TYPES, MacCounter
 from .methods import MethodSpec
 from .progressive import ObdcCalibration, build_pruner, grad_calibration
 from .regularizers import regularizer_from_config
@@ -56,6 +62,11 @@ MODEL_COPIES = 4
 PHASE_GRAPH = "torch-pruning 1.6.1's dependency graph"
 PHASE_PLAN = "the regularizer's plan"
 PHASE_STEP = "the trial pruning step"
+PHASE_REACH = "the schedule's last step"
+
+
+class UnreachableTargetError(ModelNotSupportedError):
+    """The model x method cannot reach the run's speed-up: torch-pruning's whole schedule falls short of it."""
 
 
 class _Stopped(BaseException):
@@ -138,26 +149,34 @@ def _parameter_bytes(model: nn.Module) -> int:
 
 def check_prunable(model: nn.Module, example_inputs: torch.Tensor, spec: MethodSpec, num_classes: int, *,
                    describe: str, limit_s: float, method_config, pruner_options: dict,
-                   watchdog: Optional[Watchdog] = None, per_group_ratios: bool = False) -> None:
+                   watchdog: Optional[Watchdog] = None, per_group_ratios: bool = False,
+                   speed_up: Optional[float] = None) -> None:
     """Take `model` through the pruning stages' torch-pruning work, or raise ModelNotSupportedError with one line
     naming `describe` ("model X with method Y") and where it stopped. `model` is pruned by TRIAL_STEPS steps: give a
     copy (a run gives a fresh build). `pruner_options` are build_pruner's keyword arguments as the run gives them;
     `method_config` is the run's MethodConfig (the regularizer's options). `per_group_ratios`: the run searches
-    per-layer widths (prune.allocation=search), which a model must let each group carry (candidates.py)."""
+    per-layer widths (prune.allocation=search), which a model must let each group carry (candidates.py).
+    `speed_up`: the run's prune.speed_up; the copy then goes on to the schedule's last step, and a MACs speed-up short
+    of it raises UnreachableTargetError (None: not checked)."""
     trial = model.cpu().eval()
     x = example_inputs[:1].detach().cpu()
     watchdog = watchdog or Watchdog(limit_s, MEMORY_HEADROOM + MODEL_COPIES * _parameter_bytes(trial))
     phase = [PHASE_GRAPH]
+    short: List[str] = []  # the unreachable target's line, raised once the watchdog is off
 
     def work() -> None:
         if per_group_ratios:
             check_per_group_ratios(trial, num_classes, describe)
+        reach = _Reach(trial, x) if speed_up is not None and speed_up > 1 else None  # before any channel goes
         pruner = build_pruner(trial, x, spec, num_classes, **pruner_options)
         if spec.regularizer is not None:  # sparse_train's regularizer; the prune stage plots its values too
             phase[0] = PHASE_PLAN
             regularizer_from_config(spec.regularizer, trial, pruner, method_config)
         phase[0] = PHASE_STEP
         _trial_step(trial, pruner, spec, num_classes, x)
+        if reach is not None:
+            phase[0] = PHASE_REACH
+            short.extend(reach.shortfall(trial, pruner, spec, x, speed_up, describe))
 
     stopped, grad_enabled = None, torch.is_grad_enabled()
     try:
@@ -178,6 +197,8 @@ def check_prunable(model: nn.Module, example_inputs: torch.Tensor, spec: MethodS
         trial = model = None  # what the interrupted search built around the model (reference cycles), freed now
         gc.collect()
         raise ModelNotSupportedError(stopped)
+    if short:
+        raise UnreachableTargetError(short[0])
 
 
 # pruning steps the trial takes: a model whose first step leaves torch-pruning's index bookkeeping inconsistent
@@ -188,13 +209,74 @@ TRIAL_STEPS = 2
 def _trial_step(model: nn.Module, pruner, spec: MethodSpec, num_classes: int, x: torch.Tensor) -> None:
     """TRIAL_STEPS pruning steps as the prune stage takes them (calibration first), each followed by a forward of
     the pruned model."""
-    batch = [(x, torch.zeros(len(x), dtype=torch.long))]  # scores need gradients, not a meaningful loss
     for _ in range(TRIAL_STEPS):
-        if spec.calibration == "grad":
-            grad_calibration(model, batch)
-        elif spec.calibration == "obdc":
-            ObdcCalibration(pruner, seed=0)(model, batch)
-        pruner.step()
-        sync_after_pruning(model)
-        with torch.no_grad():
-            model(x)
+        _step(model, pruner, spec, x)
+
+
+def _step(model: nn.Module, pruner, spec: MethodSpec, x: torch.Tensor) -> None:
+    """One pruning step as the prune stage takes it (calibration first), then a forward of the pruned model."""
+    batch = [(x, torch.zeros(len(x), dtype=torch.long))]  # scores need gradients, not a meaningful loss
+    if spec.calibration == "grad":
+        grad_calibration(model, batch)
+    elif spec.calibration == "obdc":
+        ObdcCalibration(pruner, seed=0)(model, batch)
+    pruner.step()
+    sync_after_pruning(model)
+    with torch.no_grad():
+        model(x)
+
+
+class _Reach:
+    """How far the whole schedule takes a model: built on the unpruned copy (its MACs and layer widths), asked after
+    the trial steps. A step prunes each layer to a fraction of its FIRST width (the schedule's ratio at that step),
+    and a layer below 1 - prune.max_pruning_ratio of it is pruned no further; so one step at the ratio
+    max_pruning_ratio gives the widths the run's many small steps end at (give or take one step's rounding), at
+    the cost of one step."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor):
+        self.counter = MacCounter(model, x)
+        self.base_macs = self.counter.count(model)[0]
+        self.shapes = {name: tuple(m.weight.shape) for name, m in _layers(model)}
+
+    def shortfall(self, model: nn.Module, pruner, spec: MethodSpec, x: torch.Tensor, target: float,
+                  describe: str) -> List[str]:
+        """[the refusal's one line] when the schedule's end falls short of `target` x MACs, else []."""
+        last = pruner.iterative_steps
+        if pruner.current_step < last:
+            # the next step is the schedule's last (BasePruner.step() adds one), at the ratio the cap allows: the
+            # library caps a layer's ratio only when it is past it, so the last step's 1.0 would remove all
+            ratios = list(pruner.per_step_pruning_ratio)
+            pruner.per_step_pruning_ratio = ratios[:last] + [min(ratios[last], pruner.max_pruning_ratio)]
+            pruner.current_step = last - 1
+            try:
+                _step(model, pruner, spec, x)
+            except Exception:  # the trial steps passed: a model that breaks only this far out may meet the target
+                return []
+        reached = self.base_macs / self.counter.count(model)[0]
+        if reached >= target:
+            return []
+        return [f"{describe} cannot be pruned: its MACs speed-up stops at {reached:.2f}x, short of prune.speed_up="
+                f"{target:g}x, with every layer pruned as far as prune.max_pruning_ratio={pruner.max_pruning_ratio:g} "
+                f"allows; {self._kept_whole(model)}; lower prune.speed_up, or try another method or model"]
+
+    def _kept_whole(self, model: nn.Module) -> str:
+        """What holds the speed-up down: the share of the remaining MACs in layers still at their first width, and
+        the layer path (block indices as *) with the most of them."""
+        per_path: Dict[str, List] = {}
+        whole = total = 0
+        for name, m in _layers(model):
+            macs = self.counter.positions.get(name, 0) * m.weight.numel()
+            total += macs
+            if tuple(m.weight.shape) == self.shapes.get(name):
+                whole += macs
+                entry = per_path.setdefault(re.sub(r"\.\d+(?=\.|$)", ".*", name), [0, type(m).__name__])
+                entry[0] += macs
+        if not per_path or total == 0:
+            return "no layer is kept whole"
+        path, (macs, kind) = max(per_path.items(), key=lambda item: item[1][0])
+        return (f"layers kept at their full width hold {100 * whole / total:.0f}% of the MACs left, the most in {path} "
+                f"({kind}, {100 * macs / total:.0f}%)")
+
+
+def _layers(model: nn.Module):
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, CONV_TYPES + (nn.Linear,))]

@@ -6,10 +6,17 @@ Found by what the layers hold, not by class name, so every timm family built the
   offsets in every head of q, k and v: head_dim shrinks, the head count stays. The module caches its widths
   (head_dim, attn_dim, scale), so `sync` sets them from the pruned Linear.
 - other attention: where torch-pruning cannot split an attention's q/k/v rows per head, they stay (LeViT's
-  [head][q|k|v] rows, MobileViT-v2's 1-channel query); where the attention computes its head width from its
-  input's (`C // num_heads`: CaiT, CrossViT, ConViT, CoaT, ...), the whole attention stays, and with it the
-  width around it. See _other_attention_layers.
+  [head][q|k|v] rows, MobileViT-v2's 1-channel query), as they do where something else holds the head width
+  (SAM's relative position tables, rotary embeddings) or the attention splits its rows by a width of its own
+  (hiera, SAM2's hiera); where the attention computes its head width from its input's (`C // num_heads`: CaiT,
+  CrossViT, ConViT, CoaT, ...), the whole attention stays, and with it the width around it. See
+  _other_attention_layers.
 - token downsampling by a reshape (LeViT's AttentionDownsample): the width entering it stays.
+- outputs a block splits into parts of fixed sizes (InceptionNeXt, MambaOut, FasterNet, gMLP, Res2Net, ResNeSt,
+  DPN, EfficientViT's LiteMLA), grouped convolutions torch-pruning mis-indexes (channel multipliers, 2 channels
+  a group: PiT, FastViT, DLA), GroupNorm without bias (PoolFormer v2) and recurrent layers (Sequencer): they
+  stay. See ignored_layers.
+- BlurPool2d's filter (TResNet), repeated per channel: `sync` keeps one row, expanded to any width.
 - layer scale: a vector (C,) outside a prunable layer, pruned along dim 0: `gamma` of LayerScale / LayerScale2d
   / ConvNeXt and `scale` of MetaFormer's `Scale` (poolformer) are named here; under other names (`gamma_1` of
   BEiT, ...) hints.py's rule for every other such parameter gives it the same dim. `Scale` caches the shape it
@@ -25,6 +32,7 @@ from __future__ import annotations
 import functools
 from typing import Dict, List, Tuple
 
+import torch
 import torch.nn as nn
 
 from ..errors import UserError
@@ -37,10 +45,24 @@ def is_timm_model(model: nn.Module) -> bool:
     return type(model).__module__.startswith("timm.")
 
 
+def _qkv_attention(m: nn.Module) -> bool:
+    return isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int) \
+        and hasattr(m, "head_dim")
+
+
+def _head_width_held_elsewhere(m: nn.Module) -> bool:
+    """A qkv attention whose head width (or q/k/v width) something besides its qkv Linear holds, which torch-pruning
+    would not narrow with it: parameters of its own (vision_transformer_sam.Attention's relative position tables
+    rel_pos_h / rel_pos_w, (positions, head_dim); eva.EvaAttention's separate q_bias / v_bias), a relative position
+    module (gcvit's `rel_pos`) or rotary embeddings (`rotate_half`: eva.EvaAttention, timm.layers.AttentionRope of
+    qwen3_vit)."""
+    return next(m.parameters(recurse=False), None) is not None or hasattr(m, "rel_pos") or hasattr(m, "rotate_half")
+
+
 def _attention_layers(model: nn.Module) -> List[nn.Module]:
-    return [m for m in model.modules()
-            if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)
-            and hasattr(m, "head_dim")]
+    """timm attention whose head width torch-pruning narrows (given as num_heads)."""
+    return [m for m in model.modules() if _qkv_attention(m) and not _head_width_held_elsewhere(m)
+            and type(m).__name__ not in OUTPUT_BY_INPUT_WIDTH]
 
 
 def num_heads(model: nn.Module) -> Dict[nn.Module, int]:
@@ -61,12 +83,21 @@ def _has_heads(m: nn.Module) -> bool:
     return isinstance(getattr(m, "num_heads", None), int)
 
 
+# attention classes that look like timm's plain Attention (qkv, num_heads, head_dim) but reshape their output by
+# their input's width (`reshape(B, N, C)`), which nothing they hold shows: the whole attention stays
+OUTPUT_BY_INPUT_WIDTH = ("RelPosAttention", "WindowAttentionGlobal")  # vision_transformer_relpos, gcvit
+
+
 def _other_attention_layers(model: nn.Module) -> List[nn.Module]:
     """Layers of attention other than timm's plain Attention whose out-channels must stay.
     - Attention that keeps its head widths as attributes (`key_dim`: levit.Attention and AttentionDownsample, whose
       qkv rows are [head][q|k|v] with v wider than q and k) or its width (`embed_dim` and a `qkv_proj`:
       mobilevit.LinearSelfAttention, whose rows are a 1-channel query, keys and values): torch-pruning cannot
       split those rows per head, so the q/k/v layers stay; the width around the attention is pruned.
+    - qkv attention whose head width something else holds too (_head_width_held_elsewhere), that counts its heads
+      as `heads` and caches `head_dim` (hiera.MaskUnitAttention), or that keeps its own q/k/v width as `dim_out`
+      and splits its qkv rows by it, not by its input's width (hieradet_sam2.MultiScaleAttention): its qkv Linear
+      stays, and so does its head width; the width around the attention is pruned.
     - Any other module with a head count (`num_heads`) computes its head width from its input's (`C // num_heads`:
       cait.TalkingHeadAttn and ClassAttn, crossvit.CrossAttention, convit.GPSA, coat's factorized attention, ...):
       all its layers stay, which keeps the width around it too; the MLPs (and convolutions) are pruned."""
@@ -75,7 +106,13 @@ def _other_attention_layers(model: nn.Module) -> List[nn.Module]:
     for m in model.modules():
         if m in standard:
             continue
-        if isinstance(getattr(m, "key_dim", None), int) or (
+        if type(m).__name__ in OUTPUT_BY_INPUT_WIDTH:
+            found += _layers_in(m)
+        elif _qkv_attention(m) or (isinstance(getattr(m, "qkv", None), nn.Linear) and (
+                isinstance(getattr(m, "heads", None), int)  # hiera.MaskUnitAttention
+                or _has_heads(m) and isinstance(getattr(m, "dim_out", None), int))):  # hieradet_sam2's attention
+            found.append(m.qkv)
+        elif isinstance(getattr(m, "key_dim", None), int) or (
                 isinstance(getattr(m, "embed_dim", None), int) and isinstance(getattr(m, "qkv_proj", None), nn.Module)):
             for name in QKV_LAYERS:
                 sub = getattr(m, name, None)
@@ -110,10 +147,102 @@ def _widths_into_token_subsampling(model: nn.Module) -> List[nn.Module]:
     return found
 
 
+def _split_channel_layers(model: nn.Module) -> List[nn.Module]:
+    """Layers whose output a timm block splits into parts of sizes it keeps as attributes (or halves): torch-pruning
+    1.6.1 maps pruned channels through such a split wrongly (IndexError, or a part that no longer matches its size),
+    so those layers' out-channels stay, and with them the width that runs through the split; the layers around
+    it (the MLP's hidden width, or the stream outside the split) are pruned.
+    - inception_next.InceptionDWConv2d: the block's input split by `split_indexes` into an identity part and three
+      depthwise convs (dwconv_hw, dwconv_w, dwconv_h), concatenated again: the three convs stay.
+    - mambaout.GatedConvBlock: fc1's output split by `split_indices` into gate, identity and conv parts: fc1 stays.
+    - fasternet.Partial_conv3: the block's input split into `dim_conv3` channels for partial_conv3 and the rest:
+      partial_conv3 stays.
+    - timm.layers.GatedMlp whose `gate` is mlp_mixer.SpatialGatingUnit (gMLP): fc1's output halved (chunk), one half
+      normed and mixed across tokens by the unit's `proj` (a Linear over tokens, whose out-features are the token
+      count): fc1 and proj stay.
+    - res2net.Bottle2neck: conv1's output split into `scale` parts of `width` channels: conv1 stays.
+    - timm.layers.SplitAttn (resnest): its conv's output viewed as `radix` parts, and fc2's output softmaxed across
+      them (rSoftMax's reshape): conv and fc2 stay.
+    - dpn.DualPathBlock: the outputs of c1x1_c (c1x1_c1, c1x1_c2 in the `b` variants) and of the projections c1x1_w_s1
+      / c1x1_w_s2 split into the residual part (`num_1x1_c`) and the dense part (`inc`): they stay.
+    - efficientvit_mit.LiteMLA: the qkv conv's output viewed as heads of q, k and v and aggregated by grouped convs
+      (`aggreg`): qkv and aggreg stay."""
+    found: List[nn.Module] = []
+    for m in model.modules():
+        if isinstance(getattr(m, "split_indexes", None), tuple):  # InceptionDWConv2d
+            found += [getattr(m, n) for n in ("dwconv_hw", "dwconv_w", "dwconv_h") if hasattr(m, n)]
+        elif isinstance(getattr(m, "split_indices", None), tuple) and isinstance(getattr(m, "fc1", None), nn.Module):
+            found.append(m.fc1)  # GatedConvBlock
+        elif isinstance(getattr(m, "dim_conv3", None), int) and isinstance(getattr(m, "partial_conv3", None),
+                                                                           nn.Module):
+            found.append(m.partial_conv3)  # Partial_conv3
+        elif isinstance(getattr(m, "fc1", None), nn.Linear) and isinstance(getattr(getattr(m, "gate", None), "proj",
+                                                                                    None), nn.Linear):
+            found += [m.fc1, m.gate.proj]  # GatedMlp with a SpatialGatingUnit
+        elif isinstance(getattr(m, "scale", None), int) and isinstance(getattr(m, "width", None), int) and isinstance(
+                getattr(m, "convs", None), nn.ModuleList) and isinstance(getattr(m, "conv1", None), nn.Conv2d):
+            found.append(m.conv1)  # Bottle2neck
+        elif isinstance(getattr(m, "radix", None), int) and isinstance(getattr(m, "conv", None), nn.Module) and \
+                isinstance(getattr(m, "fc2", None), nn.Module):
+            found += _layers_in(m.conv) + _layers_in(m.fc2)  # SplitAttn
+        elif isinstance(getattr(m, "num_1x1_c", None), int) and isinstance(getattr(m, "inc", None), int):
+            for name in ("c1x1_c", "c1x1_c1", "c1x1_c2", "c1x1_w_s1", "c1x1_w_s2"):  # DualPathBlock
+                sub = getattr(m, name, None)
+                found += _layers_in(sub) if isinstance(sub, nn.Module) else []
+        elif isinstance(getattr(m, "aggreg", None), nn.ModuleList) and isinstance(getattr(m, "qkv", None), nn.Module):
+            found += _layers_in(m.qkv) + _layers_in(m.aggreg)  # LiteMLA
+    return found
+
+
+def _recurrent_layers(model: nn.Module) -> List[nn.Module]:
+    """LSTM / GRU layers (sequencer's RNN2d: a bidirectional LSTM along each axis, their outputs concatenated into
+    `fc`): torch-pruning 1.6.1 maps the concatenated bidirectional outputs wrongly (IndexError at fc), so their
+    hidden width stays; the width entering them and the MLPs are pruned."""
+    return [m for m in model.modules() if isinstance(m, nn.RNNBase)]
+
+
+# channels a group of a grouped convolution must keep for torch-pruning 1.6.1: it removes the same offsets in every
+# group, and with fewer (dla46x_c: 64 channels in 32 groups) its importance indexing breaks (IndexError)
+MIN_GROUP_WIDTH = 3
+
+
+def _grouped_convs_torch_pruning_breaks(model: nn.Module) -> List[nn.Module]:
+    """Grouped convolutions (not depthwise) that stay whole, with the layer that feeds them (the last Linear / Conv
+    before it whose width is its in-channels), so that the width entering them stays too (torch-pruning prunes a
+    grouped conv's in-channels through the group of the layer feeding it, and fails there as well):
+    - a channel multiplier, out-channels k x in-channels with one group per input channel (pit's pooling conv
+      (ConvHeadPooling), fastvit's final MobileOneBlock and its downsampling convs): torch-pruning 1.6.1 indexes
+      the k outputs of an input channel as if there were one (IndexError in its importance);
+    - fewer than MIN_GROUP_WIDTH channels a group (dla's `x` variants: 2)."""
+    found: List[nn.Module] = []
+    last = {}  # width -> the last Linear / Conv registered so far with that many out-channels
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels) and (
+                m.out_channels != m.in_channels or m.in_channels // m.groups < MIN_GROUP_WIDTH):
+            found += [m] + ([last[m.in_channels]] if m.in_channels in last else [])
+        if isinstance(m, nn.Linear):
+            last[m.out_features] = m
+        elif isinstance(m, nn.Conv2d):
+            last[m.out_channels] = m
+    return found
+
+
+def _norms_without_bias(model: nn.Module) -> List[nn.Module]:
+    """GroupNorm layers with a weight but no bias (metaformer.GroupNorm1NoBias, poolformer v2): torch-pruning
+    1.6.1's GroupNorm pruner prunes the bias too and fails on None, so they stay, and with them the stream they norm;
+    the MLPs, which hold most of those models' MACs (their token mixer is pooling), are pruned."""
+    return [m for m in model.modules() if isinstance(m, nn.GroupNorm) and m.affine and m.bias is None]
+
+
 def ignored_layers(model: nn.Module) -> List[nn.Module]:
     """Layers whose out-channels stay: the classifier, the q/k/v layers of attention torch-pruning cannot split
-    (_other_attention_layers) and the width entering a token downsampling (_widths_into_token_subsampling)."""
-    return classifier_layers(model) + _other_attention_layers(model) + _widths_into_token_subsampling(model)
+    (_other_attention_layers), the width entering a token downsampling (_widths_into_token_subsampling), layers
+    whose output is split (_split_channel_layers), grouped convolutions it mis-indexes, norms without bias and
+    recurrent layers."""
+    found = (classifier_layers(model) + _other_attention_layers(model) + _widths_into_token_subsampling(model)
+             + _split_channel_layers(model) + _grouped_convs_torch_pruning_breaks(model) + _norms_without_bias(model)
+             + _recurrent_layers(model))
+    return list(dict.fromkeys(found))
 
 
 def unwrapped_parameters(model: nn.Module) -> List[Tuple[nn.Parameter, int]]:
@@ -148,6 +277,19 @@ def sync_after_pruning(model: nn.Module) -> None:
         scale, shape = getattr(m, "scale", None), getattr(m, "shape", None)
         if isinstance(scale, nn.Parameter) and scale.dim() == 1 and isinstance(shape, tuple) and shape:
             m.shape = (scale.numel(), *shape[1:])
+        _sync_blur_pool(m)
+
+
+def _sync_blur_pool(m: nn.Module) -> None:
+    """timm.layers.BlurPool2d (tresnet's anti-aliasing) blurs each channel with the same fixed filter, held as a
+    buffer repeated per channel (`filt`, (channels, 1, k, k)) for a convolution with `channels` groups, which the
+    traced graph passes channels through unpruned. With `channels` None it expands one row of the filter to the
+    input's channel count: the same outputs at any width, so a pruned copy keeps one row (a buffer that is not
+    saved: the state dict does not change)."""
+    filt = getattr(m, "filt", None)
+    if isinstance(getattr(m, "channels", None), int) and isinstance(filt, torch.Tensor) and filt.dim() == 4 and \
+            hasattr(m, "filt_size") and filt.shape[0] == m.channels:
+        m.filt, m.channels = filt[:1].clone(), None
 
 
 def model_name(model: nn.Module) -> str:

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from ..run.files import atomic_write_text
 from .candidates import OneShot, Pruned
+from .latency_target import PASS_READINGS
 from .progressive import PruningTargetError
 from .samplers import LOWEST, build_sampler
 
@@ -26,6 +27,10 @@ CANDIDATES_FILE = "candidates.jsonl"
 DEFAULTS = ("uniform", "global")  # scored first, in this order
 # draws per candidate at most: a draw whose ratios cannot meet the target (cap, coarse widths) is drawn again
 DRAWS_PER_CANDIDATE = 4
+# prune.target=latency: the candidates best by the proxy that the latency meter reads. The proxy is one holdout's
+# top-1, so neighbours in its ranking are close to a tie; a few are read, since two allocations of equal MACs can
+# differ in latency (widths off a kernel's fast path). Each costs at most PASS_READINGS meter readings
+FINALISTS = 4
 
 
 @dataclass
@@ -110,11 +115,49 @@ def search_widths(one_shot: OneShot, target: float, max_ratio: float, settings, 
         raise PruningTargetError(f"no allocation met the {target}x MACs speed-up within 1% under "
                                  f"prune.max_pruning_ratio={max_ratio}; raise it or lower prune.speed_up")
     if best is None:  # the winner was scored before a kill: pruned again from its recorded ratios
-        asked = best_row["asked"]
-        best = one_shot.prune(global_ratio=asked) if isinstance(asked, float) else one_shot.prune(asked)
+        best = pruned_again(one_shot, best_row)
     by_kind = {r["kind"]: r["proxy"] for r in rows if r["kind"] in DEFAULTS}
     summary = {"candidates": len(rows), "sampler": settings.sampler, "winner": best_row["index"],
                "winner_kind": best_row["kind"], "winner_proxy": best_row["proxy"],
                "uniform_proxy": by_kind.get("uniform"), "global_proxy": by_kind.get("global"),
                "holdout": settings.holdout, "seconds": round(sum(r["seconds"] for r in rows), 3)}
     return SearchOutcome(best, rows, summary)
+
+
+def pruned_again(one_shot: OneShot, row: dict) -> Pruned:
+    """A scored candidate pruned again from what its row asked (the same ratios give the same model)."""
+    asked = row["asked"]
+    return one_shot.prune(global_ratio=asked) if isinstance(asked, float) else one_shot.prune(asked)
+
+
+def read_finalists(rows: List[dict], prune: Callable[[dict], Pruned], read: Callable[[nn.Module], object],
+                   target: float, path: Path, say: Callable[[str], None] = print) -> Optional[Pruned]:
+    """prune.target=latency: the FINALISTS rows best by the proxy (a tie: the earlier), each pruned again
+    (`prune(row)`) and read with the latency meter (`read(model)`: a Reading, latency/meter.py) until a reading
+    falls short of the latency speed-up `target` or is NOISY; a finalist passes with PASS_READINGS clean readings
+    at or above it, as in the latency rule. Each finalist's readings go into its row ("latency") and
+    candidates.jsonl. Returns the passing finalist best by the proxy, or None when none passed."""
+    for row in rows:  # a killed search's readings are not carried over: its finalists may not be these
+        row["latency"] = None
+    finalists = sorted(rows, key=lambda r: (-r["proxy"], r["index"]))[:FINALISTS]
+    winner: Optional[Pruned] = None
+    for row in finalists:
+        pruned = prune(row)
+        readings = []
+        while len(readings) < PASS_READINGS:
+            r = read(pruned.model)
+            readings.append({"ratio": r.ratio, "q1": r.q1, "q3": r.q3, "noisy": r.noisy,
+                             "seconds": round(r.seconds, 3)})
+            if r.noisy or r.ratio < target:
+                break
+        passed = len(readings) == PASS_READINGS and all(not m["noisy"] and m["ratio"] >= target for m in readings)
+        row["latency"] = {"target": target, "speed_up": readings[-1]["ratio"], "reached": passed,
+                          "readings": readings}
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        say(f"prune search: finalist #{row['index'] + 1} ({row['kind']}, proxy {row['proxy']:.4f}) measured latency "
+            f"speed-up {readings[-1]['ratio']:.3f}x" + (" NOISY" if readings[-1]["noisy"] else "")
+            + (f", reaches {target}x" if passed else f", short of {target}x" if not readings[-1]["noisy"] else ""))
+        if passed and winner is None:
+            winner = pruned
+        del pruned
+    return winner

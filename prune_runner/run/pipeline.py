@@ -66,7 +66,7 @@ def build_state(cfg: RunConfig, run_dir: Path, console: Console, overrides: str,
     d = cfg.dataset
     data = build_data(d.name, root=d.root, input_size=input_size, device=device, download=d.download,
                       in_memory=d.in_memory, augment=d.augment, workers=d.workers, rank=dist.rank,
-                      world_size=dist.world_size, train_limit=d.train_limit)
+                      world_size=dist.world_size, train_limit=d.train_limit, holdout=d.holdout)
     state = RunState(cfg=cfg, run_dir=run_dir, device=device, dist=dist, data=data, spec=get_method(cfg.method.name),
                      log=MetricsLog(run_dir, dist.is_main, cfg.logger, sink=tracker), console=console, fast=fast,
                      input_size=input_size, overrides=overrides)

@@ -47,7 +47,9 @@ def preflight_run(state: RunState) -> None:
 def _check_run(state: RunState) -> None:
     """check_prunable on the model the run starts from (base_checkpoint's, else a fresh one: the graph depends on
     the architecture only, so never pretrained weights, which could mean a download), with the run's pruner
-    settings. The global random generators are left as they were: the run's results do not change."""
+    settings; when the prune stage is to come, whether its schedule can reach prune.speed_up at all (for a latency
+    target too: MACs bound latency). The global random generators are left as they were: the run's results do not
+    change."""
     cfg = state.cfg
     python_rng = random.getstate()
     with torch.random.fork_rng(devices=[]):
@@ -59,6 +61,8 @@ def _check_run(state: RunState) -> None:
             check_prunable(model, state.data.example_input(1), state.spec, state.num_classes,
                            describe=f"model {cfg.model.name} with method {cfg.method.name}",
                            limit_s=cfg.prune.preflight_s, method_config=cfg.method,
-                           pruner_options=pruner_options(state), per_group_ratios=cfg.prune.allocation == "search")
+                           pruner_options=pruner_options(state), per_group_ratios=cfg.prune.allocation == "search",
+                           speed_up=cfg.prune.speed_up if "prune" in stages_to_check(cfg, state.spec, state.run_dir)
+                           else None)
         finally:
             random.setstate(python_rng)

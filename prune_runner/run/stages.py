@@ -358,11 +358,19 @@ def evaluate_stage(state: RunState, run: StageRun):
         del base_model
     results = build_results(cfg, state.records, final, latency, run_dir=state.run_dir, overrides=state.overrides,
                             device=state.device, world_size=state.dist.world_size)
+    if state.data.num_withheld:  # dataset.holdout: images no stage trained on, what a search's trial is scored on
+        held = evaluate(model, state.data.withheld_batches(EVAL_BATCH), state.device, state.fast)
+        results["holdout"] = {"acc": held["acc"], "images": state.data.num_withheld,
+                              "fraction": cfg.dataset.holdout, "train_images": state.data.num_train}
     if cfg.export:
         paths = export_model(model.eval(), state.data.example_input(1), list(cfg.export), run.dir.path / "export")
         results["export"] = {k: str(v) for k, v in paths.items()}
     atomic_write_json(run.dir.path / "results.json", results)  # the run dir links it up to its top
     print_results(state.console, results)
+    if "holdout" in results:
+        h = results["holdout"]
+        state.say(f"holdout accuracy {100 * h['acc']:.2f}% on the {h['images']} training images withheld from "
+                  f"training (dataset.holdout={h['fraction']:g}); the final accuracy above is on the test split")
     return {**final, "speed_up": results["speed_up"]}, None
 
 
