@@ -6,10 +6,10 @@ alternate within one measurement (base-final, then final-base, ...), so load on 
 goes hits both models alike; each pair gives one ratio base ms / final ms, and the result is the median ratio
 with its interquartile range. A measurement whose IQR is wider than `MAX_SPREAD` of the median is flagged
 `noisy`: the ratio is not to be trusted. On the CPU the pairs are spread over PLACEMENTS fresh copies of both
-models: how fast a copy runs depends on where its tensors landed in
-memory, so one copy's ratio is one draw of a spread, and the median over copies is the figure another process
-(or a deployment) gets. `LatencyMeter` binds it to one base model, batch and dtype for the
-prune stage's repeated readings; both take their samples the same way, so their figures agree.
+models: how fast a copy runs depends on where its tensors landed in memory, so one copy's ratio is one draw of a
+spread, and the median over copies is the figure another process (or a deployment) gets. `LatencyMeter` binds
+it to one base model, batch and dtype for the prune stage's repeated readings; both take their samples the same
+way, so their figures agree.
 
 A sample is `inner` back-to-back forwards, as many as last SAMPLE_MS (chosen from warm-up forwards).
 CPU: time.perf_counter around a sample. CUDA: CUDA events around it, with synchronisation.
@@ -39,11 +39,11 @@ MAX_INNER = 100  # forwards per sample at most (tiny models)
 MAX_SPREAD = 0.2  # flag a ratio whose interquartile range exceeds 20% of its median
 REPEATS = 20  # pairs per measurement by default (eval.latency_repeats' default): an IQR from 20 ratios
 PLACEMENTS = 4  # CPU: the pairs are spread over this many copies of both models. Where a copy's tensors land in
-#                 memory moves its speed: five copies of one pruned MobileNetV2 read 1.39x to 1.57x against copies
-#                 of its base, each copy within 2% of itself (scripts/latency_drift.py). A stop confirmed on one
-#                 copy's lucky draw read 1.30x-1.36x for a 1.5x target when checked on another. Four copies of
-#                 five pairs each keep the default's 20 pairs. Not on CUDA: copies would double the models' GPU
-#                 memory, and the effect was measured on the CPU only
+#                 memory moves its speed: five copies of one pruned MobileNetV2 read 1.39x to 1.58x against copies
+#                 of its base, each copy within 5% of itself, while the meter on four copies read 1.52x-1.53x
+#                 (scripts/latency_drift.py). A stop confirmed on one copy's lucky draw read 1.36x for a 1.5x target
+#                 when checked on another. Four copies of five pairs each keep the default's 20 pairs. Not on CUDA:
+#                 copies would double the models' GPU memory, and the effect was measured on the CPU only
 
 
 @contextmanager
