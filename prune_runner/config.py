@@ -139,8 +139,9 @@ class PruneConfig:
     # lr / |w|^2, and dead channels would come back as noise (see pruning/weight_scale.py)
     restore_weight_scale: bool = True
     # seconds the pre-flight check may take before pretraining (run/preflight.py, pruning/preflight.py):
-    # dependency graph, regularizer plan and two trial pruning steps on a copy; past it the model is refused. Under 1 s
-    # for the CIFAR models; 60 leaves a wide margin for large ones on a slow CPU. 0 = no check
+    # dependency graph, regularizer plan and two trial pruning steps on a copy, then a jump to the schedule's last step
+    # (a speed-up it cannot reach is refused); past it the model is refused. Under 1 s for the CIFAR models; 60
+    # leaves a wide margin for large ones on a slow CPU. 0 = no check
     preflight_s: float = 60.0
 
 

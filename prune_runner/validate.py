@@ -43,6 +43,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     spec = get_model_spec(cfg.model.name)  # raises UnknownChoiceError naming the choices, or "not supported"
     if cfg.dataset.name not in list_datasets():
         raise UnknownChoiceError("dataset", cfg.dataset.name, list_datasets())
+    holdout = cfg.dataset.holdout
+    _check(holdout is None or (math.isfinite(holdout) and 0 < holdout < 1),
+           f"dataset.holdout={holdout} is invalid; it is a fraction of the training split, in (0, 1), or null "
+           "(nothing withheld)")
     METHODS.get(cfg.method.name)
     check_supported(cfg.model.name, cfg.method.name, spec.family)
     m = cfg.method

@@ -22,7 +22,7 @@ from prune_runner.models import build_model
 from prune_runner.models.support import ModelNotSupportedError
 from prune_runner.pruning import get_method, pruned_copy
 from prune_runner.pruning.candidates import MACS_TOLERANCE, NoPerGroupRatiosError, OneShot, check_per_group_ratios
-from prune_runner.pruning.latency_target import PASS_READINGS
+from prune_runner.pruning.latency_target import PASS_READINGS, RETRIES
 from prune_runner.pruning.preflight import check_prunable
 from prune_runner.pruning.samplers import LOWEST, build_sampler, list_samplers
 from prune_runner.pruning.width_search import CANDIDATES_FILE, FINALISTS, read_finalists, read_rows, search_widths
@@ -317,8 +317,8 @@ def test_the_best_finalist_by_the_proxy_that_reaches_the_latency_target_wins(mod
     one_shot = OneShot(model, data.example_input(1), get_method("l1"), 10, OPTIONS, seed=0)
     rows = [{"index": i, "kind": "sampled", "proxy": p, "latency": None, "asked": r}
             for i, (p, r) in enumerate([(0.5, 0.1), (0.9, 0.2), (0.8, 0.3), (0.7, 0.4), (0.6, 0.5), (0.95, 0.6)])]
-    by_ratio = {0.6: [fake_reading(1.2)], 0.2: [fake_reading(1.6, noisy=True)], 0.3: [fake_reading(1.6)] * 2,
-                0.4: [fake_reading(1.7)] * 2}
+    by_ratio = {0.6: [fake_reading(1.2)], 0.2: [fake_reading(1.6, noisy=True)] * (RETRIES + 1),
+                0.3: [fake_reading(1.6)] * 2, 0.4: [fake_reading(1.7)] * 2}
     read, pruned = [], {}
 
     def prune(row):
@@ -332,15 +332,18 @@ def test_the_best_finalist_by_the_proxy_that_reaches_the_latency_target_wins(mod
         return by_ratio[asked][sum(a == asked for a in read) - 1]
 
     path = tmp_path / CANDIDATES_FILE
-    winner = read_finalists(rows, prune, meter, 1.5, path, say=lambda text: None)
-    assert FINALISTS == 4 and read == [0.6, 0.2, 0.3, 0.3, 0.4, 0.4]  # in proxy order; a short/NOISY one once
+    waits = []
+    winner = read_finalists(rows, prune, meter, 1.5, path, say=lambda text: None, wait=waits.append)
+    # in proxy order; a short one read once, a NOISY one again after each of the rule's waits (2, 4, 8 s)
+    assert FINALISTS == 4 and read == [0.6, *[0.2] * (RETRIES + 1), 0.3, 0.3, 0.4, 0.4] and waits == [2.0, 4.0, 8.0]
     assert winner is not None and winner.asked == 0.3
     assert [r["latency"] and r["latency"]["reached"] for r in rows] == [None, False, True, True, None, False]
     assert rows[2]["latency"]["speed_up"] == 1.6 and len(rows[2]["latency"]["readings"]) == PASS_READINGS
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows  # the readings are recorded
     by_ratio.update({0.3: [fake_reading(1.4)], 0.4: [fake_reading(1.7), fake_reading(1.45)]})
     read.clear()
-    assert read_finalists(rows, prune, meter, 1.5, path, say=lambda text: None) is None  # none passed twice
+    none = read_finalists(rows, prune, meter, 1.5, path, say=lambda text: None, wait=waits.append)
+    assert none is None  # none passed twice
 
 
 class FakeMeter:

@@ -64,6 +64,7 @@ CASES = {
     "negative epochs": (["schedule.pretrain.epochs=-3"], ["schedule.pretrain.epochs=-3", ">= 0"]),
     "speed-up below 1": (["prune.speed_up=0.8"], ["prune.speed_up=0.8", ">= 1"]),
     "iterative steps below 1": (["prune.iterative_steps=0"], ["prune.iterative_steps=0", ">= 1"]),
+    "holdout out of range": (["dataset.holdout=1.5"], ["dataset.holdout=1.5", "(0, 1)"]),
     "missing data folder": (["dataset=imagefolder", "dataset.root=/no/such/folder"], ["/no/such/folder"]),
     "offline download": (["dataset=cifar10", "dataset.root={tmp}/cifar"], ["cifar10", "dataset=digits"]),
     "missing export package": (["export=[onnx]"], ["export=onnx", "pip install 'prune-runner[export]'"]),

@@ -158,3 +158,18 @@ def test_latency_drift_reads_copies_on_their_own_and_with_the_meter(monkeypatch)
     assert [len(r) for r in found["copies"]] == [3, 3] and len(found["meter"]) == 3
     assert all(r > 0 for rows in found["copies"] for r in rows) and all(r > 0 for r in found["meter"])
     assert meter.PLACEMENTS == 4  # restored after the one-copy readings
+
+
+def test_latency_drift_reads_a_pair_fresh_and_after_a_training_step_and_puts_the_meters_allocator_back(monkeypatch):
+    from conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from prune_runner.latency import meter
+
+    drift = _script("latency_drift")
+    keep = meter.keep_freed_memory
+    found = drift.main(["--mode", "glibc default", "--model", "resnet20", "--macs", "2.5", "--batch", "8",
+                        "--repeats", "6"])
+    assert set(found) == {"fresh", "after training"}
+    assert all(1.1 < ratio < 3.0 for ratio in found.values()), found  # 2.5x fewer MACs reads faster, not 2.5x
+    assert meter.keep_freed_memory is keep  # the script's "glibc default" mode must not leak its stand-in

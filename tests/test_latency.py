@@ -4,6 +4,8 @@ clock) what a load that changes during the measurement does to each."""
 from __future__ import annotations
 
 import math
+import platform
+import resource
 
 import pytest
 import torch
@@ -178,3 +180,21 @@ def test_on_the_cpu_the_pairs_spread_over_copies_of_both_models(monkeypatch):
     assert row["repeats"] == latency.REPEATS
     few = compare_latency(base, final, (3, 8, 8), "cpu", (1,), repeats=3)[1]
     assert few["repeats"] == 3  # fewer pairs than placements: one pair per copy
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_meter_keeps_freed_memory_so_forwards_do_not_fault_their_activations_in_again():
+    # glibc's default returns a freed 4 MB activation to the OS and faults it in again, page by page, in the next
+    # forward (about 11,000 page faults per forward here), by a threshold that moves with what the process freed
+    # before: a reading then depends on the process's history (latency/meter.py, keep_freed_memory)
+    assert latency.keep_freed_memory() is True
+    net = nn.Sequential(*[nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()) for _ in range(4)]).eval()
+    x = torch.randn(64, 16, 32, 32)  # 4 MB per activation: above glibc's default threshold (128 kB)
+    pages = 8 * x.numel() * 4 // resource.getpagesize()  # the pages of one forward's activations
+    with torch.inference_mode():
+        net(x)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(3):
+            net(x)
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
+    assert faults < 0.01 * pages, f"{faults:.0f} page faults per forward of {pages} activation pages"

@@ -120,3 +120,24 @@ def test_tradeoff_lines_join_runs_that_differ_in_speed_up_alone(tmp_path: Path):
     low, high = macs.get_ylim()
     assert high <= 100.0 and high > 99.0 > 95.0 > low  # accuracy up to 99%, the base line at 95% inside
     assert write_report(root)["plot"].exists()
+
+
+def test_runs_that_withheld_a_holdout_get_its_accuracy_column_and_others_do_not(mixed: Path, tmp_path: Path):
+    root = tmp_path / "trials"
+    for rel, held in (("t0", 0.81), ("t1", 0.87)):
+        run_dir = _run(root, rel, speed_up=2.0 if rel == "t0" else 3.0)
+        results = json.loads((run_dir / "results.json").read_text())
+        results["holdout"] = {"acc": held, "images": 13, "fraction": 0.1, "train_images": 115}
+        (run_dir / "results.json").write_text(json.dumps(results))
+    rows = aggregate(scan_runs(root)[0])
+    assert sorted(r["holdout_acc"].mean for r in rows) == pytest.approx([81.0, 87.0])
+    md = write_report(root, tmp_path / "out")["report"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| dataset"))
+    assert "| final acc % | holdout acc % |" in header and "| 81.00 |" in md and "| 87.00 |" in md
+    out = StringIO()
+    print_table(rows, console=Console(file=out, width=120))
+    assert "hold%" in out.getvalue() and "87.00" in out.getvalue()
+    plain = aggregate(scan_runs(mixed)[0])  # no run withheld one: the columns stay as they were
+    out = StringIO()
+    print_table(plain, console=Console(file=out, width=120))
+    assert "hold%" not in out.getvalue() and all(r["holdout_acc"] is None for r in plain)

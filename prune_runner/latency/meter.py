@@ -21,6 +21,8 @@ CUDA_HOME on machines without a CUDA runtime.
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import math
 import statistics
 import time
@@ -46,8 +48,35 @@ PLACEMENTS = 4  # CPU: the pairs are spread over this many copies of both models
 #                 copies would double the models' GPU memory, and the effect was measured on the CPU only
 
 
+ALLOCATOR_KEEP_BYTES = 1 << 30  # glibc: allocations below 1 GiB come from the heap, and up to 1 GiB of freed heap is
+#                                  kept for reuse (the largest value mallopt's int takes, rounded down to a power of 2)
+MMAP_THRESHOLD_MAX = 32 << 20  # where a glibc refuses 1 GiB as its mmap threshold: the maximum it documents (64-bit)
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep memory that a forward frees for the next forward, instead of returning it to the
+    OS and faulting it in again page by page; once per process, for the rest of it. Why: by default glibc tunes
+    this by what the process freed before, so a reading depended on the process's history: in
+    scripts/bench_latency_target.py, ResNet-56's batch-64 1.5x row (4 MB activations) stopped where readings
+    passed 1.5x, and the check, taken after a training step had moved glibc's threshold, measured 1.30x. Kept
+    memory is the steady state of a serving process, and of one that uses jemalloc or tcmalloc. False where the
+    C library has no mallopt (macOS, Windows)."""
+    try:
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    except (OSError, TypeError):  # Windows: no C library by that name
+        return False
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    if not mallopt(m_trim_threshold, ALLOCATOR_KEEP_BYTES):
+        return False
+    return bool(mallopt(m_mmap_threshold, ALLOCATOR_KEEP_BYTES) or mallopt(m_mmap_threshold, MMAP_THRESHOLD_MAX))
+
+
 @contextmanager
 def _eval_mode(*models: nn.Module):
+    keep_freed_memory()
     training = {m: m.training for model in models for m in model.modules()}
     for model in models:
         model.eval()

@@ -40,7 +40,7 @@ from ..latency.meter import MAX_SPREAD, LatencyMeter
 from .history import pruned_copy
 from .macs import MacCounter
 from .progressive import StepLoop
-from .timm_hints import explain_failures
+from .timm_failures import explain_failures
 
 PASS_READINGS = 2  # readings at or above the target that pass a model: one can be lucky, two in a row rarely are
 RETRIES = 3  # a NOISY reading is taken again at most this many times before the rule stops trusting the machine
@@ -122,6 +122,32 @@ def too_busy(what: str, predicted: float, reachable: float) -> MachineTooBusyErr
                                f"use prune.target=macs with prune.speed_up={speed_up}")
 
 
+def clean_reading(read: Callable[[], Measurement], wait: Callable[[float], None], taken: list) -> Optional[Measurement]:
+    """A clean reading: `read()` again after a wait while NOISY, up to RETRIES times; None when every one stayed
+    NOISY. Each reading taken is appended to `taken`. (`read` may return any reading with .ratio and .noisy.)"""
+    for attempt in range(RETRIES + 1):
+        if attempt:
+            wait(QUIET_WAIT_S * 2 ** (attempt - 1))
+        taken.append(read())
+        if not taken[-1].noisy:
+            return taken[-1]
+    return None
+
+
+def passes(read: Callable[[], Measurement], target: float, wait: Callable[[float], None],
+           taken: list) -> Optional[bool]:
+    """Whether a model passes: PASS_READINGS clean readings (`clean_reading`) at or above `target`; the first that
+    falls short answers no; None when one stayed NOISY. The latency rule's test, and the width search's for its
+    finalists."""
+    for _ in range(PASS_READINGS):
+        m = clean_reading(read, wait, taken)
+        if m is None:
+            return None
+        if m.ratio < target:
+            return False
+    return True
+
+
 def decide(target: float, budget: int, advance: Callable[[], float], read: Callable[[int], Measurement],
            changed: Callable[[], List[int]], wait: Callable[[float], None] = time.sleep,
            say: Callable[[str], None] = lambda text: None) -> Outcome:
@@ -134,26 +160,8 @@ def decide(target: float, budget: int, advance: Callable[[], float], read: Calla
     taken: List[Measurement] = []
     macs = [1.0]  # per step
 
-    def clean(step: int) -> Optional[Measurement]:
-        """A clean reading of the model after `step`, or None when RETRIES more stayed NOISY."""
-        for attempt in range(RETRIES + 1):
-            if attempt:
-                wait(QUIET_WAIT_S * 2 ** (attempt - 1))
-            taken.append(read(step))
-            if not taken[-1].noisy:
-                return taken[-1]
-        return None
-
-    def passes(step: int) -> Optional[bool]:
-        """Whether PASS_READINGS clean readings reach the target (the first that falls short answers no);
-        None when one stayed NOISY."""
-        for _ in range(PASS_READINGS):
-            m = clean(step)
-            if m is None:
-                return None
-            if m.ratio < target:
-                return False
-        return True
+    def passes_at(step: int) -> Optional[bool]:
+        return passes(lambda: read(step), target, wait, taken)
 
     def clean_readings() -> List[Measurement]:
         return [m for m in taken if not m.noisy and m.step > 0]
@@ -164,7 +172,7 @@ def decide(target: float, budget: int, advance: Callable[[], float], read: Calla
         return (f"{what} {RETRIES + 1} times, the last with an IQR of {(last.q3 - last.q1) / last.ratio:.0%} of its "
                 f"median, wider than {MAX_SPREAD:.0%}")
 
-    if clean(0) is None:
+    if clean_reading(lambda: read(0), wait, taken) is None:
         raise too_busy(noisy_text(0), target, math.inf)
     low, high, verdict = 0, None, None  # the last step that fell short, the first that passed
     next_at = target  # the MACs speed-up of the next reading
@@ -173,7 +181,7 @@ def decide(target: float, budget: int, advance: Callable[[], float], read: Calla
         step = len(macs) - 1
         if macs[step] < next_at and step < budget or macs[step] == macs[low]:
             continue
-        verdict = passes(step)
+        verdict = passes_at(step)
         if verdict is None:
             break
         if verdict:
@@ -209,7 +217,7 @@ def decide(target: float, budget: int, advance: Callable[[], float], read: Calla
             f"bisecting the steps in between for the earliest that reaches {target}x")
     while between:
         mid = between[len(between) // 2]
-        verdict = passes(mid)
+        verdict = passes_at(mid)
         if verdict is None:  # stayed NOISY: keep the earliest model that passed
             say(f"prune: a reading stayed NOISY while bisecting: keeping step {high}, the earliest that passed")
             break

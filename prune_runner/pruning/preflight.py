@@ -47,7 +47,7 @@ from .macs import CONV_TYPES, MacCounter
 from .methods import MethodSpec
 from .progressive import ObdcCalibration, build_pruner, grad_calibration
 from .regularizers import regularizer_from_config
-from .timm_hints import failed_layer
+from .timm_failures import failed_layer
 
 # how often the watchdog looks at the clock and the memory, in seconds: the overshoot past the limit, and
 # the memory a runaway search (up to about 50 MB/s) adds before it is stopped
@@ -186,7 +186,7 @@ def check_prunable(model: nn.Module, example_inputs: torch.Tensor, spec: MethodS
     except _Stopped as stop:  # the message only: the exception's frames hold all the search built
         stopped = f"{describe} cannot be pruned: {phase[0]} {stop.why}; {stop.advice}"
     except ModelNotSupportedError:
-        raise  # a timm model's failure, already one line naming the layer (timm_hints.explain_failures)
+        raise  # a timm model's failure, already one line naming the layer (timm_failures.explain_failures)
     except Exception as err:
         text = " ".join(str(err).split())[:200]
         raise ModelNotSupportedError(

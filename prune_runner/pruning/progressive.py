@@ -15,7 +15,7 @@ from .groups import dependency_groups
 from .hints import pruning_hints, sync_after_pruning
 from .macs import MacCounter
 from .methods import MethodSpec
-from .timm_hints import explain_failures
+from .timm_failures import explain_failures
 
 
 class PruningTargetError(UserError):

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..run.files import atomic_write_text
 from .candidates import OneShot, Pruned
-from .latency_target import PASS_READINGS
+from .latency_target import passes
 from .progressive import PruningTargetError
 from .samplers import LOWEST, build_sampler
 
@@ -29,7 +29,8 @@ DEFAULTS = ("uniform", "global")  # scored first, in this order
 DRAWS_PER_CANDIDATE = 4
 # prune.target=latency: the candidates best by the proxy that the latency meter reads. The proxy is one holdout's
 # top-1, so neighbours in its ranking are close to a tie; a few are read, since two allocations of equal MACs can
-# differ in latency (widths off a kernel's fast path). Each costs at most PASS_READINGS meter readings
+# differ in latency (widths off a kernel's fast path). Each costs the latency rule's test (`passes`): two
+# meter readings, more where one is NOISY
 FINALISTS = 4
 
 
@@ -131,11 +132,12 @@ def pruned_again(one_shot: OneShot, row: dict) -> Pruned:
 
 
 def read_finalists(rows: List[dict], prune: Callable[[dict], Pruned], read: Callable[[nn.Module], object],
-                   target: float, path: Path, say: Callable[[str], None] = print) -> Optional[Pruned]:
+                   target: float, path: Path, say: Callable[[str], None] = print,
+                   wait: Callable[[float], None] = time.sleep) -> Optional[Pruned]:
     """prune.target=latency: the FINALISTS rows best by the proxy (a tie: the earlier), each pruned again
-    (`prune(row)`) and read with the latency meter (`read(model)`: a Reading, latency/meter.py) until a reading
-    falls short of the latency speed-up `target` or is NOISY; a finalist passes with PASS_READINGS clean readings
-    at or above it, as in the latency rule. Each finalist's readings go into its row ("latency") and
+    (`prune(row)`) and read with the latency meter (`read(model)`: a Reading, latency/meter.py) by the latency
+    rule's test (`passes`: PASS_READINGS clean readings at or above the latency speed-up `target`, a NOISY one
+    taken again after a wait). Each finalist's readings go into its row ("latency") and
     candidates.jsonl. Returns the passing finalist best by the proxy, or None when none passed."""
     for row in rows:  # a killed search's readings are not carried over: its finalists may not be these
         row["latency"] = None
@@ -143,14 +145,10 @@ def read_finalists(rows: List[dict], prune: Callable[[dict], Pruned], read: Call
     winner: Optional[Pruned] = None
     for row in finalists:
         pruned = prune(row)
-        readings = []
-        while len(readings) < PASS_READINGS:
-            r = read(pruned.model)
-            readings.append({"ratio": r.ratio, "q1": r.q1, "q3": r.q3, "noisy": r.noisy,
-                             "seconds": round(r.seconds, 3)})
-            if r.noisy or r.ratio < target:
-                break
-        passed = len(readings) == PASS_READINGS and all(not m["noisy"] and m["ratio"] >= target for m in readings)
+        taken: list = []
+        passed = passes(lambda net=pruned.model: read(net), target, wait, taken) is True
+        readings = [{"ratio": r.ratio, "q1": r.q1, "q3": r.q3, "noisy": r.noisy, "seconds": round(r.seconds, 3)}
+                    for r in taken]
         row["latency"] = {"target": target, "speed_up": readings[-1]["ratio"], "reached": passed,
                           "readings": readings}
         atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))

@@ -188,6 +188,9 @@ def _aggregate_group(key: tuple[str, ...], runs: list[dict]) -> dict:
         "base_acc": Stat.of(r["base"]["acc"] * pct for r in runs),
         "pruned_acc": Stat.of(acc * pct for acc in pruned_accs),
         "final_acc": Stat.of(r["final"]["acc"] * pct for r in runs),
+        # dataset.holdout: the final model's top-1 on training images no stage trained on (what a search selects by)
+        "holdout_acc": Stat.of(r["holdout"]["acc"] * pct for r in runs
+                               if (r.get("holdout") or {}).get("acc") is not None),
         "acc_delta": Stat.of(r.get("acc_delta", r["final"]["acc"] - r["base"]["acc"]) * pct for r in runs),
         "speed_up": Stat.of(r["speed_up"] for r in runs),
         "target_speed_up": targets.pop() if len(targets) == 1 else None,
@@ -270,6 +273,9 @@ def columns(rows: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
     where = latency_where(rows)
     latency = [(f"latency speed-up, bs {bs}" + (f" ({where})" if where else ""),
                 lambda r, bs=bs: fmt_latency(r, bs, where)) for bs in latency_batches(rows)]
+    # only where a run withheld a holdout (dataset.holdout: a search's trials): other reports keep their columns
+    withheld = any(r.get("holdout_acc") for r in rows)
+    holdout = [("holdout acc %", lambda r: _fmt(r.get("holdout_acc")))] if withheld else []
     return [
         ("dataset", lambda r: r["dataset"]),
         ("model", lambda r: r["model"]),
@@ -280,6 +286,7 @@ def columns(rows: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
         ("base acc %", lambda r: _fmt(r["base_acc"])),
         ("pruned acc %", lambda r: _fmt(r["pruned_acc"])),
         ("final acc %", lambda r: _fmt(r["final_acc"])),
+        *holdout,
         ("Δ acc (pp)", lambda r: _fmt(r["acc_delta"], signed=True)),
         ("target speed-up", lambda r: r["target_speed_up"] or "-"),
         ("MACs speed-up", lambda r: _fmt(r["speed_up"], unit="x")),
@@ -345,7 +352,9 @@ def render_markdown(
         "",
         (
             "Accuracy: top-1 on the test split, mean ± sample std over seeds (std only with several seeds). "
-            "Pruned acc: right after pruning, before fine-tuning. Δ acc = final − base in percentage points. "
+            "Pruned acc: right after pruning, before fine-tuning. Holdout acc (where runs withheld one, "
+            "dataset.holdout): the final model on training images that no stage trained on, what a search selects "
+            "by. Δ acc = final − base in percentage points. "
             "Target speed-up: prune.speed_up, of MACs or (marked latency) of the measured latency at a batch "
             "size (prune.target). MACs speed-up = base MACs / final MACs (reached). "
             "A row holds runs of one setup: the same overrides, base checkpoint, resumed-from stage, stages run and "

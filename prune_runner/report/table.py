@@ -97,8 +97,11 @@ def console_columns(rows: list[dict]) -> tuple[list[tuple[str, Callable[[dict], 
         (k if k != "allocation" else "alloc", lambda r, k=k: str(r.get(k, "uniform")), "left")
         for k in CONSTANT_KEYS if k not in constant]
     cols += [("overrides", overrides, "left"), ("n", seeds, "right"),
-             ("final%", lambda r: _acc(r["final_acc"]), "right"),
-             ("Δpp", lambda r: _acc(r["acc_delta"], signed=True), "right"), ("target", _target, "right"),
+             ("final%", lambda r: _acc(r["final_acc"]), "right")]
+    withheld = any(r.get("holdout_acc") for r in rows)  # dataset.holdout (a search's trials)
+    if withheld:
+        cols += [("hold%", lambda r: _acc(r.get("holdout_acc")), "right")]
+    cols += [("Δpp", lambda r: _acc(r["acc_delta"], signed=True), "right"), ("target", _target, "right"),
              ("MACs", lambda r: f"{r['speed_up'].mean:.2f}x", "right")]
     cols += [(f"lat@{bs}", lambda r, bs=bs: _latency(r, bs), "right") for bs in latency_batches(rows)]
     cols += [("params", lambda r: "-" if r["params_ratio"] is None else f"{r['params_ratio'].mean:.3f}", "right")]
@@ -115,6 +118,9 @@ def console_columns(rows: list[dict]) -> tuple[list[tuple[str, Callable[[dict], 
         "(lat@N: of the latency at batch N); MACs, params: reached MACs speed-up and params ratio (means); base and "
         "pruned acc: report.md",
     ]
+    if withheld:
+        legend.append("hold%: top-1 on the training images the run withheld from training (dataset.holdout), what a "
+                      "search selects by")
     if latency_batches(rows):
         legend.append(f"lat@N: measured latency speed-up at batch N ({where}); !: NOISY in a run (too wide a "
                       "spread to trust)")
