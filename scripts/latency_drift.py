@@ -67,23 +67,20 @@ def allocator_readings(mode: str, name: str, macs: float, batch: int, repeats: i
     if not ALLOCATORS[mode]:
         latency.keep_freed_memory = lambda: False  # the meter leaves glibc as it is
     try:
-        base, model, side, _ = pruned_pair(name, macs)
+        base, model, side, line = pruned_pair(name, macs)
         reading = reader(side, batch, repeats)
         fresh = reading(base, model)
         bench.epoch_seconds(base, side, 10)
         trained = reading(base, model)
     finally:
         latency.keep_freed_memory = keep
-    print(f"{mode:<14} fresh process {fresh[1]:<18} after a training step {trained[1]}", flush=True)
+    print(f"{mode:<14} ({line}) fresh process {fresh[1]:<18} after a training step {trained[1]}", flush=True)
     return {"fresh": fresh[0], "after training": trained[0]}
 
 
 def allocator(args) -> None:
     """--allocator: each mode in a fresh process of its own (this script with --mode)."""
-    torch.set_num_threads(1)
-    _, _, _, line = pruned_pair(args.model, args.macs)
-    print(f"CPU {cpu_name()}; torch {torch.__version__}, 1 thread; {args.model} batch {args.batch}, {line}",
-          flush=True)
+    print(f"CPU {cpu_name()}; torch {torch.__version__}, 1 thread; {args.model} batch {args.batch}", flush=True)
     for mode in ALLOCATORS:
         subprocess.run([sys.executable, __file__, "--mode", mode, "--model", args.model, "--macs", str(args.macs),
                         "--batch", str(args.batch), "--repeats", str(args.repeats)], check=True)
@@ -104,13 +101,12 @@ def main(argv: list[str] | None = None) -> dict:
     args.model = args.model or ("resnet56" if on_allocator else "mobilenet_v2")
     args.macs = args.macs or (1.96 if on_allocator else 2.28)
     args.batch = args.batch or (64 if on_allocator else 1)
+    torch.set_num_threads(1)
     if args.mode:
-        torch.set_num_threads(1)
         return allocator_readings(args.mode, args.model, args.macs, args.batch, args.repeats)
     if args.allocator:
         allocator(args)
         return {}
-    torch.set_num_threads(1)
     base, model, side, line = pruned_pair(args.model, args.macs)
     print(f"CPU {cpu_name()}; torch {torch.__version__}, 1 thread; {args.model} batch {args.batch}, {line}",
           flush=True)

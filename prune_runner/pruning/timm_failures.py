@@ -42,9 +42,7 @@ def failed_layer(model: nn.Module, err: BaseException) -> str:
 
 def explain_failures(fn):
     """Decorator for a function whose first argument is the model being pruned (building the pruner, pruning):
-    on a timm model, an exception becomes one line naming the model and the layer type that failed. timm's
-    families are open-ended, so what torch-pruning cannot take apart is found when it tries; the other families
-    are checked before a run (support.py)."""
+    on a timm model, an exception becomes one line naming the model and the layer type that failed."""
     @functools.wraps(fn)
     def wrapper(model, *args, **kwargs):
         if not is_timm_model(model):
