@@ -9,7 +9,7 @@ split, which the search itself never reads. The runs share the setup of scripts/
 schedule=demo, pretraining at lr 0.05) and one out_root, so the stage cache pretrains (and sparse-trains) each
 (model, method, seed) once: all four allocations prune the same model.
 
-The proxy's worth: for seed 0 of each (model, method, speed-up), every candidate of the random search (>= 16)
+The proxy's worth: for the first seed of each (model, method, speed-up), every candidate of the random search (>= 16)
 is pruned again from the prune stage's input model, BN-recalibrated, fine-tuned for --brief-epochs epochs of
 the demo fine-tuning schedule and measured on the test split; the Spearman rank correlation of its proxy with
 that accuracy is reported, with the spread of those accuracies. Cost: the search's seconds in fine-tuning epochs
@@ -18,7 +18,8 @@ of the pruned model (timed in the same brief fine-tuning), and candidates per mi
 Writes its section into STUDY.md between the markers BEGIN and END below (appended when they are missing).
 
 Run: PYTHONPATH=. .venv/bin/python scripts/study_search.py [--models resnet20] [--methods l1] [--speed-ups 5]
-     [--seeds 0] [--candidates 32] [--brief-epochs 2] [--out study_search_out] [--report STUDY.md]
+     [--seeds 0] [--candidates 32] [--brief-epochs 2] [--jobs 2] [--out study_search_out]
+     [--report STUDY.md] [--demo-timing]
 """
 
 from __future__ import annotations
@@ -45,24 +46,52 @@ SPREAD_PP = 2.0  # the Spearman goal applies where the fine-tuned accuracies spr
 MIN_CANDIDATES = 16  # the Spearman goal is measured over at least this many fine-tuned candidates
 
 
-def run_cells(out: Path, args) -> list:
-    rows, start = [], time.perf_counter()
-    cells = [(m, meth, x, s) for m in args.models for meth in args.methods for x in args.speed_ups for s in args.seeds]
-    for i, (model, method, speed_up, seed) in enumerate(cells):
-        for name, overrides in ALLOCATIONS.items():
-            extra = {"prune.search.candidates": args.candidates} if name.startswith("search") else {}
-            run_name = f"{model}/{method}/x{speed_up:g}/seed{seed}/{name.replace('/', '-')}"
-            rec = run(out, run_name, {"model": model, "method": method, "seed": seed, "prune.speed_up": speed_up,
-                                      **overrides, **extra})
-            prune = rec["prune"]["metrics"]
-            rows.append({"model": model, "method": method, "target": speed_up, "seed": seed, "allocation": name,
-                         "speed_up": prune["speed_up"], "pruned": prune["acc"],
-                         "final": rec["finetune"]["metrics"]["acc"],
-                         "search": prune.get("search"), "run_dir": str(out / run_name),
-                         "prune_input": rec["sparse_train"]["checkpoint"]})
-            print(f"[{i + 1}/{len(cells)}] {time.perf_counter() - start:6.0f} s  {run_name}: after pruning "
-                  f"{prune['acc']:.3f}, fine-tuned {rows[-1]['final']:.3f}", flush=True)
+def run_group(out: Path, model: str, seed: int, args) -> list:
+    """Every run of one (model, seed): they share its pretrained model (and, per method, its sparse model)
+    through the stage cache, so a group is the unit that study workers take."""
+    rows = []
+    for method in args.methods:
+        for speed_up in args.speed_ups:
+            for name, overrides in ALLOCATIONS.items():
+                extra = {"prune.search.candidates": args.candidates} if name.startswith("search") else {}
+                run_name = f"{model}/{method}/x{speed_up:g}/seed{seed}/{name.replace('/', '-')}"
+                rec = run(out, run_name, {"model": model, "method": method, "seed": seed,
+                                          "prune.speed_up": speed_up, **overrides, **extra})
+                prune = rec["prune"]["metrics"]
+                rows.append({"model": model, "method": method, "target": speed_up, "seed": seed, "allocation": name,
+                             "speed_up": prune["speed_up"], "pruned": prune["acc"],
+                             "final": rec["finetune"]["metrics"]["acc"],
+                             "search": prune.get("search"), "run_dir": str(out / run_name),
+                             "prune_input": rec["sparse_train"]["checkpoint"]})
+                print(f"{run_name}: after pruning {prune['acc']:.3f}, fine-tuned {rows[-1]['final']:.3f}", flush=True)
     return rows
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def pool(args):
+    """--jobs worker processes, each single-threaded as the runs are (digits at 8 px gains nothing from more
+    threads, and one process per core measures what a core does)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_set_threads, initargs=(args.threads,))
+
+
+def run_cells(out: Path, args, workers) -> list:
+    """The grid's rows, in grid order (model, method, target, seed, allocation); the (model, seed) groups run
+    on `workers`, the slowest model first."""
+    groups = [(m, s) for m in sorted(args.models, key=lambda m: m != "resnet56") for s in args.seeds]
+    futures = [workers.submit(run_group, out, m, s, args) for m, s in groups]
+    rows = [row for f in futures for row in f.result()]
+    order = {k: i for i, k in enumerate(ALLOCATIONS)}
+    return sorted(rows, key=lambda r: (args.models.index(r["model"]), args.methods.index(r["method"]),
+                                       r["target"], r["seed"], order[r["allocation"]]))
 
 
 def spearman(xs: list, ys: list) -> float:
@@ -169,10 +198,13 @@ def _group(rows, *keys):
 def write_section(rows: list, proxies: dict, demo: dict | None, wall_s: float, args) -> str:
     command = " ".join(["scripts/study_search.py", "--models", *args.models, "--methods", *args.methods,
                         "--speed-ups", *(f"{x:g}" for x in args.speed_ups), "--seeds", *map(str, args.seeds),
-                        "--candidates", str(args.candidates), "--brief-epochs", str(args.brief_epochs)]
+                        "--candidates", str(args.candidates), "--brief-epochs", str(args.brief_epochs),
+                        "--jobs", str(args.jobs)]
                        + (["--demo-timing"] if args.demo_timing else []))
     lines = [BEGIN, "## Per-layer widths: the allocation search (prune.allocation=search)", "",
-             f"Produced by `{command}` on {machine()}, in {wall_s / 60:.1f} min (the stage cache included). "
+             f"Produced by `{command}` on {machine()}, in {wall_s / 60:.1f} min with {args.jobs} "
+             "single-threaded worker processes (the stage cache included; the cost columns are measured with "
+             "every worker busy). "
              "Accuracies in % on the TEST split (mean ± std over the seeds): right after pruning, BN recalibrated, "
              "and after the demo fine-tuning. uniform and global are today's allocations (progressive pruning); "
              "search/* keeps the best of the candidates by the proxy (holdout top-1 after BN re-estimation).", "",
@@ -187,13 +219,14 @@ def write_section(rows: list, proxies: dict, demo: dict | None, wall_s: float, a
                      f"{statistics.mean(r['speed_up'] for r in group):.2f}x | {mean_std(r['pruned'] for r in group)} | "
                      f"{mean_std(r['final'] for r in group)} | {f'{statistics.mean(secs):.0f}' if secs else '–'} | "
                      f"{winners} |")
-    lines += ["", f"The proxy's worth (seed 0, the random search's candidates, each fine-tuned {args.brief_epochs} "
-              "epochs of the demo fine-tuning schedule) and the search's cost:", "",
+    lines += ["", f"The proxy's worth (seed {args.seeds[0]}, the random search's candidates, each fine-tuned "
+              f"{args.brief_epochs} epochs of the demo fine-tuning schedule) and the search's cost:", "",
               "| model | method | target | candidates | Spearman (proxy, fine-tuned) | fine-tuned spread (pp) | "
               "search in fine-tuning epochs | candidates / min |", "|---|---|---|---|---|---|---|---|"]
     for (model, method, target), p in proxies.items():
-        search = next(r["search"] for r in rows if (r["model"], r["method"], r["target"], r["seed"],
-                                                    r["allocation"]) == (model, method, target, 0, "search/random"))
+        first = (model, method, target, args.seeds[0], "search/random")
+        search = next(r["search"] for r in rows
+                      if (r["model"], r["method"], r["target"], r["seed"], r["allocation"]) == first)
         lines.append(f"| {model} | {method} | {target:g}x | {p['n']} | {p['rho']:.2f} | {p['spread_pp']:.1f} | "
                      f"{search['seconds'] / p['epoch_s']:.1f} | {60 * search['candidates'] / search['seconds']:.1f} |")
     lines += ["", "### The goals, as measured in this run", ""] + goals(rows, proxies, demo) + ["", END]
@@ -257,21 +290,22 @@ def main(argv=None) -> int:
     parser.add_argument("--demo-timing", action="store_true", help="also time `make demo` with and without search")
     parser.add_argument("--report", default="STUDY.md", help="the file whose section this writes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (8x8 inputs gain nothing from more)")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes, each taking one (model, seed)")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     out = Path(args.out).resolve()
     start = time.perf_counter()
-    rows = run_cells(out, args)
-    proxies = {}
-    for row in rows:
-        if row["seed"] == 0 and row["allocation"] == "search/random":
-            key = (row["model"], row["method"], row["target"])
-            proxies[key] = fine_tune_candidates(row, args.brief_epochs)
-            p = proxies[key]
-            print(f"proxy {key}: Spearman {p['rho']:.2f} over {p['n']} candidates, spread {p['spread_pp']:.1f} pp",
-                  flush=True)
+    with pool(args) as workers:
+        rows = run_cells(out, args, workers)
+        print(f"{len(rows)} runs in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+        firsts = [r for r in rows if r["seed"] == args.seeds[0] and r["allocation"] == "search/random"]
+        futures = {(r["model"], r["method"], r["target"]): workers.submit(fine_tune_candidates, r, args.brief_epochs)
+                   for r in firsts}
+        proxies = {key: f.result() for key, f in futures.items()}
+    for key, p in proxies.items():
+        print(f"proxy {key}: Spearman {p['rho']:.2f} over {p['n']} candidates, spread {p['spread_pp']:.1f} pp")
     demo = demo_timing(out) if args.demo_timing else None
     wall = time.perf_counter() - start
     (out / "study_search_rows.json").write_text(json.dumps({"rows": rows, "proxies": {str(k): v for k, v in

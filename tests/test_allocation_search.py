@@ -270,6 +270,37 @@ def test_the_study_ranks_and_writes_between_its_markers(tmp_path):
     assert text.count(study.BEGIN) == 1
 
 
+def test_the_study_runs_one_model_and_seed_per_worker_and_keeps_the_grid_order(monkeypatch, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import script_main
+
+    script_main("study_search")
+    import sys
+
+    study = sys.modules["script_study_search"]
+    calls = []
+
+    def fake_run(out, name, overrides):  # one pipeline run's records, its accuracy from its seed and allocation
+        calls.append((overrides["model"], overrides["seed"]))
+        acc = 0.5 + overrides["seed"] / 10 + ("prune.search.sampler" in overrides) / 100
+        prune = {"speed_up": overrides["prune.speed_up"], "acc": acc}
+        return {"prune": {"metrics": prune}, "finetune": {"metrics": {"acc": acc}},
+                "sparse_train": {"checkpoint": f"{name}.pt"}}
+
+    monkeypatch.setattr(study, "run", fake_run)
+    args = SimpleNamespace(models=["resnet20", "resnet56"], methods=["l1"], speed_ups=[3.0, 5.0], seeds=[0, 1],
+                           candidates=4)
+    with ThreadPoolExecutor(max_workers=2) as workers:
+        rows = study.run_cells(tmp_path, args, workers)
+    assert len(rows) == 2 * 2 * 2 * len(study.ALLOCATIONS)
+    grid = [(r["model"], r["target"], r["seed"], r["allocation"]) for r in rows]
+    assert grid == [(m, x, s, a) for m in args.models for x in args.speed_ups for s in args.seeds
+                    for a in study.ALLOCATIONS]
+    assert {m for m, _ in calls[:8]} == {"resnet56"}  # the slowest model's groups are taken first (8 runs each)
+    assert rows[0]["pruned"] == pytest.approx(0.5) and rows[-1]["pruned"] == pytest.approx(0.61)
+
+
 @pytest.mark.slow  # two runs, pretraining once (the second takes it from the stage cache)
 def test_a_run_killed_during_the_search_rerun_scores_only_the_rest(tmp_path, monkeypatch):
     from prune_runner.run import search_stage
