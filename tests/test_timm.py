@@ -131,6 +131,27 @@ def test_poolformer_scale_follows_its_channels():
     assert scale.shape == (scale.scale.numel(), 1, 1) and scale.scale.numel() < before.scale.numel()
 
 
+def test_an_rms_norm_takes_its_width_from_its_pruned_weight():
+    # timm.layers.RmsNorm (deepseek_vit's RmsNormFp32, ViTs built with norm_layer=RmsNorm) is not nn.LayerNorm:
+    # torch-pruning prunes its weight as a vector, and the normalized_shape it caches must follow
+    from timm.layers import RmsNorm
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=10,
+                              norm_layer=RmsNorm)
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        pruner = build_pruner(model, x[:1], get_method("group_norm"), 10, steps=10)
+    pruner.step()
+    sync_after_pruning(model)
+    norm = model.blocks[0].norm1
+    assert norm.normalized_shape == (norm.weight.numel(),) and norm.weight.numel() < 64
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, 10)
+
+
 def test_levit_keeps_its_qkv_rows_and_the_width_into_its_downsampling():
     # levit.Attention's qkv rows are [head][q|k|v] (v wider): they stay; AttentionDownsample's queries pass through a
     # reshape torch-pruning cannot follow, so the width entering it (128 in stage 0) stays; the MLPs shrink

@@ -21,6 +21,8 @@ Found by what the layers hold, not by class name, so every timm family built the
   / ConvNeXt and `scale` of MetaFormer's `Scale` (poolformer) are named here; under other names (`gamma_1` of
   BEiT, ...) hints.py's rule for every other such parameter gives it the same dim. `Scale` caches the shape it
   views its vector to, which `sync` sets from the pruned vector.
+- RMS norms (timm.layers.RmsNorm and its variants) are not nn.LayerNorm: torch-pruning prunes their weight as a
+  vector, and `sync` sets the `normalized_shape` they cache from it.
 - tokens: a ViT's class / register tokens (1, n, D) and position embedding (1, L, D), pruned along dim 2.
 - head: `model.get_classifier()`, whose out-dimension is the class count and must not be pruned.
 
@@ -262,7 +264,8 @@ def classifier_layers(model: nn.Module) -> List[nn.Module]:
 
 
 def sync_after_pruning(model: nn.Module) -> None:
-    """Widths a layer caches: an attention's, from its pruned qkv Linear (3 * heads * head_dim rows); a scale's."""
+    """Widths a layer caches: an attention's, from its pruned qkv Linear (3 * heads * head_dim rows); a scale's;
+    an RMS norm's."""
     for m in _attention_layers(model):
         m.head_dim = m.qkv.out_features // (3 * m.num_heads)
         if hasattr(m, "attn_dim"):
@@ -274,6 +277,18 @@ def sync_after_pruning(model: nn.Module) -> None:
         if isinstance(scale, nn.Parameter) and scale.dim() == 1 and isinstance(shape, tuple) and shape:
             m.shape = (scale.numel(), *shape[1:])
         _sync_blur_pool(m)
+        _sync_norm_width(m)
+
+
+def _sync_norm_width(m: nn.Module) -> None:
+    """timm.layers' RmsNorm, RmsNorm2d and their Fp32 variants (deepseek_vit, ...) are not nn.LayerNorm, so
+    torch-pruning prunes their weight as an unwrapped vector (C,) but leaves the width they cache, the
+    `normalized_shape` their forward passes to F.rms_norm: it is set from the pruned weight."""
+    weight, shape = getattr(m, "weight", None), getattr(m, "normalized_shape", None)
+    if isinstance(m, (nn.LayerNorm, nn.GroupNorm)) or not isinstance(weight, nn.Parameter) or weight.dim() != 1:
+        return
+    if isinstance(shape, tuple) and len(shape) == 1 and shape[0] != weight.numel():
+        m.normalized_shape = (weight.numel(),)
 
 
 def _sync_blur_pool(m: nn.Module) -> None:
