@@ -185,7 +185,7 @@ def test_on_the_cpu_the_pairs_spread_over_copies_of_both_models(monkeypatch):
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_the_meter_keeps_freed_memory_so_forwards_do_not_fault_their_activations_in_again():
     # glibc's default returns a freed 4 MB activation to the OS and faults it in again, page by page, in the next
-    # forward (about 11,000 page faults per forward here), by a threshold that moves with what the process freed
+    # forward (thousands of page faults per forward here), by a threshold that moves with what the process freed
     # before: a reading then depends on the process's history (latency/meter.py, keep_freed_memory)
     assert latency.keep_freed_memory() is True
     net = nn.Sequential(*[nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()) for _ in range(4)]).eval()

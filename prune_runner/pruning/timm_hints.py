@@ -285,10 +285,8 @@ def _sync_norm_width(m: nn.Module) -> None:
     torch-pruning prunes their weight as an unwrapped vector (C,) but leaves the width they cache, the
     `normalized_shape` their forward passes to F.rms_norm: it is set from the pruned weight."""
     weight, shape = getattr(m, "weight", None), getattr(m, "normalized_shape", None)
-    if isinstance(m, (nn.LayerNorm, nn.GroupNorm)) or not isinstance(weight, nn.Parameter) or weight.dim() != 1:
-        return
-    if isinstance(shape, tuple) and len(shape) == 1 and shape[0] != weight.numel():
-        m.normalized_shape = (weight.numel(),)
+    if isinstance(weight, nn.Parameter) and weight.dim() == 1 and isinstance(shape, tuple) and len(shape) == 1:
+        m.normalized_shape = (weight.numel(),)  # nn.LayerNorm's is set by torch-pruning already: the same value
 
 
 def _sync_blur_pool(m: nn.Module) -> None:

@@ -245,6 +245,11 @@ def _fmt_seeds(row: dict) -> str:
     return f"{row['n']} ({', '.join(str(s) for s in row['seeds'])})"
 
 
+def withheld_holdout(rows: list[dict]) -> bool:
+    """Whether a row's runs withheld a holdout (dataset.holdout: a search's trials): only then the holdout column."""
+    return any(r.get("holdout_acc") for r in rows)
+
+
 def latency_batches(rows: list[dict]) -> list[int]:
     """The batch sizes any row measured latency at: a column each."""
     return sorted({bs for r in rows for bs in r.get("latency") or {}})
@@ -273,9 +278,7 @@ def columns(rows: list[dict]) -> list[tuple[str, Callable[[dict], str]]]:
     where = latency_where(rows)
     latency = [(f"latency speed-up, bs {bs}" + (f" ({where})" if where else ""),
                 lambda r, bs=bs: fmt_latency(r, bs, where)) for bs in latency_batches(rows)]
-    # only where a run withheld a holdout (dataset.holdout: a search's trials): other reports keep their columns
-    withheld = any(r.get("holdout_acc") for r in rows)
-    holdout = [("holdout acc %", lambda r: _fmt(r.get("holdout_acc")))] if withheld else []
+    holdout = [("holdout acc %", lambda r: _fmt(r.get("holdout_acc")))] if withheld_holdout(rows) else []
     return [
         ("dataset", lambda r: r["dataset"]),
         ("model", lambda r: r["model"]),

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..names import split_overrides
-from .summary import Stat, counts_line, latency_batches, latency_where
+from .summary import Stat, counts_line, latency_batches, latency_where, withheld_holdout
 
 WIDTH = 120  # characters, when the output is not a terminal and COLUMNS does not say
 GAP = 2  # characters between two columns: a column's right padding and the box's blank divider
@@ -98,7 +98,7 @@ def console_columns(rows: list[dict]) -> tuple[list[tuple[str, Callable[[dict], 
         for k in CONSTANT_KEYS if k not in constant]
     cols += [("overrides", overrides, "left"), ("n", seeds, "right"),
              ("final%", lambda r: _acc(r["final_acc"]), "right")]
-    withheld = any(r.get("holdout_acc") for r in rows)  # dataset.holdout (a search's trials)
+    withheld = withheld_holdout(rows)
     if withheld:
         cols += [("hold%", lambda r: _acc(r.get("holdout_acc")), "right")]
     cols += [("Δpp", lambda r: _acc(r["acc_delta"], signed=True), "right"), ("target", _target, "right"),
